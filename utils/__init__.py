@@ -1,0 +1,1 @@
+"""Shared helpers: registries, typed configs, run folders, saving."""

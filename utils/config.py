@@ -1,0 +1,340 @@
+"""YAML configs: loading with ``extends``, resolvers, command-line overrides, strict typed checks.
+
+A config file is OmegaConf YAML. A preset may name a base with ``extends: base/neus.yaml``
+(a path relative to the preset, or a list of them, merged in order, the preset last).
+
+Every component declares a ``Config`` dataclass. ``parse_component`` checks a raw mapping
+against it and returns an instance; all problems are gathered into one ``ConfigError`` that
+names each full key path and, for unknown keys and bad choices, the nearest valid names.
+A field made with ``component("model")`` holds a nested component chosen by its ``name``
+from that registry, and is checked against the chosen class's own ``Config``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import time
+import typing
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+MISSING = "???"
+EXTENDS_KEY = "extends"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names every key at fault."""
+
+
+# --------------------------------------------------------------------------- resolvers
+def _register_resolvers() -> None:
+    resolvers = {
+        "add": lambda a, b: a + b,
+        "sub": lambda a, b: a - b,
+        "mul": lambda a, b: a * b,
+        "div": lambda a, b: a / b,
+        "idiv": lambda a, b: a // b,
+        # per-step factor of an exponential decay that reaches `factor` after `n` steps
+        "calc_exp_lr_decay_rate": lambda factor, n: factor ** (1.0 / n),
+        "basename": lambda p: os.path.basename(str(p).rstrip("/")),
+        "timestamp": lambda fmt="%Y%m%d-%H%M%S": time.strftime(fmt),
+    }
+    # OmegaConf 2.4 renamed register_new_resolver; keep working on 2.3 as well
+    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            # cached so that e.g. ${timestamp:} gives one value for the whole run
+            register(name, fn, use_cache=name == "timestamp")
+
+
+_register_resolvers()
+
+
+# --------------------------------------------------------------------------- loading
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # yaml scanner errors carry line numbers; keep them
+        raise ConfigError(f"cannot read config file '{path}': {err}") from err
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+    return cfg
+
+
+def load_yaml_with_extends(path: str | os.PathLike, _chain: Sequence[Path] = ()) -> DictConfig:
+    """Load ``path``, merging the files named by its ``extends`` key underneath it."""
+    path = Path(path)
+    if not path.is_file():
+        if _chain:
+            raise ConfigError(
+                f"config '{_chain[-1]}' extends '{path}', which does not exist"
+            )
+        raise ConfigError(f"config file '{path}' does not exist")
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, resolved))
+        raise ConfigError(f"configs extend each other in a cycle: {cycle}")
+    cfg = _load_yaml(path)
+    bases = cfg.pop(EXTENDS_KEY, None)
+    if bases is None:
+        return cfg
+    if isinstance(bases, str):
+        bases = [bases]
+    merged = OmegaConf.create()
+    for base in bases:
+        base_cfg = load_yaml_with_extends(path.parent / str(base), (*_chain, resolved))
+        merged = OmegaConf.merge(merged, base_cfg)
+    return OmegaConf.merge(merged, cfg)
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    """``["a.b=1", "tag=x"]`` -> a DictConfig; each item must be ``key=value``."""
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(
+                f"command-line override '{item}' is not of the form key=value "
+                "(e.g. trainer.max_steps=500)"
+            )
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except Exception as err:
+        raise ConfigError(f"cannot parse command-line overrides {list(overrides)}: {err}") from err
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """The preset at ``path`` with its bases and the ``key=value`` overrides merged in."""
+    cfg = load_yaml_with_extends(path)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, parse_overrides(overrides))
+    return cfg
+
+
+def to_plain(cfg: Any, path: str = "") -> Any:
+    """Resolve interpolations and return plain dicts/lists; '???' values are kept as '???'."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        try:
+            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        except Exception as err:
+            raise ConfigError(f"cannot resolve config{' at ' + path if path else ''}: {err}") from err
+    return cfg
+
+
+# --------------------------------------------------------------------------- schema
+def component(registry: str, default: Any = None, help: str = "") -> Any:
+    """A dataclass field holding a nested component chosen by name from ``registry``.
+
+    Its raw value is a mapping with a ``name`` key; the rest is checked against that
+    class's ``Config``. ``default`` is a raw mapping (or None for an optional component).
+    """
+    meta = {"registry": registry, "help": help}
+    if default is None:
+        return dataclasses.field(default=None, metadata=meta)
+    return dataclasses.field(default_factory=lambda: dict(default), metadata=meta)
+
+
+def _nearest(name: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _join(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+class _Parser:
+    """Walks a raw value against a type annotation, gathering errors."""
+
+    def __init__(self) -> None:
+        self.errors: List[str] = []
+
+    def fail(self, path: str, msg: str) -> None:
+        self.errors.append(f"{path or '<root>'}: {msg}")
+
+    def dataclass(self, schema: type, raw: Any, path: str) -> Any:
+        if isinstance(raw, (DictConfig, ListConfig)):
+            raw = to_plain(raw, path)
+        if not isinstance(raw, Mapping):
+            self.fail(path, f"expected a mapping of options, got {type(raw).__name__} {raw!r}")
+            return None
+        hints = typing.get_type_hints(schema)
+        fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
+        for key in raw:
+            if key not in fields and key != "name":
+                self.fail(
+                    _join(path, key),
+                    f"unknown key '{key}'.{_nearest(key, list(fields))} "
+                    f"Valid keys here: {', '.join(sorted(fields))}",
+                )
+        values: Dict[str, Any] = {}
+        for name, fld in fields.items():
+            key_path = _join(path, name)
+            if name in raw:
+                value = raw[name]
+            elif fld.default is not dataclasses.MISSING:
+                value = fld.default
+            elif fld.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                value = fld.default_factory()  # type: ignore[misc]
+            else:
+                self.fail(key_path, "missing mandatory value (no default; set it in the config)")
+                continue
+            if isinstance(value, str) and value == MISSING:
+                self.fail(key_path, "missing mandatory value '???' (set it in the config or on the command line)")
+                continue
+            registry = fld.metadata.get("registry")
+            if registry is not None:
+                values[name] = self.component(registry, value, key_path)
+            else:
+                values[name] = self.value(hints[name], value, key_path)
+        try:
+            return schema(**values)
+        except Exception as err:  # a __post_init__ check of the schema itself
+            self.fail(path, str(err))
+            return None
+
+    def component(self, registry_kind: str, raw: Any, path: str) -> Any:
+        from utils.registry import Registry
+
+        if raw is None:
+            return None
+        if isinstance(raw, (DictConfig, ListConfig)):
+            raw = to_plain(raw, path)
+        if not isinstance(raw, Mapping) or "name" not in raw:
+            self.fail(path, f"expected a mapping with a 'name' key choosing a {registry_kind}")
+            return None
+        registry = Registry.all[registry_kind]
+        name = raw["name"]
+        if name == MISSING:
+            self.fail(_join(path, "name"), f"missing mandatory value '???' (choose a {registry_kind})")
+            return None
+        if name not in registry:
+            self.fail(
+                _join(path, "name"),
+                f"unknown {registry_kind} '{name}'.{_nearest(name, registry.names())} "
+                f"Known: {', '.join(registry.names())}",
+            )
+            return None
+        cls = registry.get(name)
+        schema = getattr(cls, "Config", None)
+        if schema is None:
+            self.fail(path, f"{registry_kind} '{name}' declares no Config")
+            return None
+        parsed = self.dataclass(schema, raw, path)
+        if parsed is not None:
+            parsed.name = name  # which class to make; kept beside the typed options
+        return parsed
+
+    def value(self, tp: Any, raw: Any, path: str) -> Any:
+        if isinstance(raw, (DictConfig, ListConfig)):
+            raw = to_plain(raw, path)
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if tp is Any:
+            return raw
+        if isinstance(raw, str) and raw == MISSING:
+            self.fail(path, "missing mandatory value '???'")
+            return None
+        if dataclasses.is_dataclass(tp):
+            return self.dataclass(tp, raw, path)
+        if origin is Literal:
+            if raw not in args:
+                self.fail(
+                    path,
+                    f"{raw!r} is not one of the choices {list(args)}.{_nearest(str(raw), [str(a) for a in args])}",
+                )
+            return raw
+        if origin is Union:
+            if raw is None and type(None) in args:
+                return None
+            options = [a for a in args if a is not type(None)]
+            for option in options:
+                probe = _Parser()
+                out = probe.value(option, raw, path)
+                if not probe.errors:
+                    return out
+            if len(options) == 1:
+                return self.value(options[0], raw, path)
+            names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+            self.fail(path, f"expected {names}, got {type(raw).__name__} {raw!r}")
+            return None
+        if origin in (list, List, Sequence, tuple):
+            if not isinstance(raw, (list, tuple)):
+                self.fail(path, f"expected a list, got {type(raw).__name__} {raw!r}")
+                return None
+            if origin is tuple and args and args[-1] is not Ellipsis:
+                if len(raw) != len(args):
+                    self.fail(path, f"expected a list of {len(args)} items, got {len(raw)}")
+                    return None
+                return tuple(self.value(a, v, _join(path, i)) for i, (a, v) in enumerate(zip(args, raw)))
+            item_tp = args[0] if args else Any
+            items = [self.value(item_tp, v, _join(path, i)) for i, v in enumerate(raw)]
+            return tuple(items) if origin is tuple else items
+        if origin in (dict, Dict, Mapping):
+            if not isinstance(raw, Mapping):
+                self.fail(path, f"expected a mapping, got {type(raw).__name__} {raw!r}")
+                return None
+            val_tp = args[1] if len(args) == 2 else Any
+            return {k: self.value(val_tp, v, _join(path, k)) for k, v in raw.items()}
+        if tp is bool:
+            if not isinstance(raw, bool):
+                self.fail(path, f"expected true or false, got {type(raw).__name__} {raw!r}")
+            return raw
+        if tp is int:
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                if isinstance(raw, float) and raw.is_integer():
+                    return int(raw)
+                self.fail(path, f"expected an integer, got {type(raw).__name__} {raw!r}")
+                return None
+            return raw
+        if tp is float:
+            if isinstance(raw, bool):
+                self.fail(path, f"expected a number, got bool {raw!r}")
+                return None
+            if isinstance(raw, (int, float)):
+                return float(raw)
+            if isinstance(raw, str):
+                try:
+                    out = float(raw)
+                    if not math.isnan(out):
+                        return out
+                except ValueError:
+                    pass
+            self.fail(path, f"expected a number, got {type(raw).__name__} {raw!r}")
+            return None
+        if tp is str:
+            if not isinstance(raw, str):
+                self.fail(path, f"expected a string, got {type(raw).__name__} {raw!r}")
+                return None
+            return raw
+        raise TypeError(f"config schema at '{path}' uses an unsupported type {tp!r}")
+
+
+def parse_component(schema: type, raw: Any, path: str = "") -> Any:
+    """Check ``raw`` against the dataclass ``schema``; return an instance or raise ConfigError."""
+    parser = _Parser()
+    out = parser.dataclass(schema, raw, path)
+    if parser.errors:
+        lines = "\n".join(f"  - {e}" for e in parser.errors)
+        raise ConfigError(f"invalid config ({len(parser.errors)} problem(s)):\n{lines}")
+    return out
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """A parsed config (dataclasses, with component names) back to plain dicts, for saving."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        out = {}
+        if hasattr(cfg, "name") and "name" not in {f.name for f in dataclasses.fields(cfg)}:
+            out["name"] = cfg.name
+        for f in dataclasses.fields(cfg):
+            out[f.name] = config_to_dict(getattr(cfg, f.name))
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
+    return cfg
