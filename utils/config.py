@@ -136,6 +136,27 @@ def component(registry: str, default: Any = None, help: str = "") -> Any:
     return dataclasses.field(default_factory=lambda: dict(default), metadata=meta)
 
 
+def _deep_merge(base: Mapping, over: Mapping) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _merge_component_default(default: Any, raw: Any) -> Any:
+    """A component's raw mapping over its default, when both choose the same class (or raw names none)."""
+    if isinstance(raw, (DictConfig, ListConfig)):
+        raw = to_plain(raw)
+    if not isinstance(default, Mapping) or not isinstance(raw, Mapping):
+        return raw
+    if "name" in raw and raw["name"] != default.get("name"):
+        return raw  # another class: the default's options belong to a different schema
+    return _deep_merge(default, raw)
+
+
 def _nearest(name: str, options: Sequence[str]) -> str:
     close = difflib.get_close_matches(str(name), [str(o) for o in options], n=3, cutoff=0.5)
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
@@ -188,6 +209,8 @@ class _Parser:
                 continue
             registry = fld.metadata.get("registry")
             if registry is not None:
+                if name in raw and fld.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                    value = _merge_component_default(fld.default_factory(), value)  # type: ignore[misc]
                 values[name] = self.component(registry, value, key_path)
             else:
                 values[name] = self.value(hints[name], value, key_path)
@@ -240,6 +263,8 @@ class _Parser:
             self.fail(path, "missing mandatory value '???'")
             return None
         if dataclasses.is_dataclass(tp):
+            if isinstance(raw, tp):  # a default instance: already valid
+                return raw
             return self.dataclass(tp, raw, path)
         if origin is Literal:
             if raw not in args:

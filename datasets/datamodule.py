@@ -1,0 +1,152 @@
+"""A Lightning DataModule over any registered scene.
+
+Training is an endless stream of random-ray batches drawn in-process (cheap indexing into the
+images held in memory), so the system can change the batch size from step to step (dynamic ray
+sampling) by setting ``train_dataset.n_rays``. Validation, test and predict go image by image.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterator, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from datasets.base import Scene, SceneSplit
+from datasets.cameras import camera_rays, pixel_directions, pixel_directions_at
+
+BACKGROUNDS = {"white": 1.0, "black": 0.0}
+
+
+def background_colours(kind: str, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Per-ray background colours [n, 3] for 'white', 'black' or 'random'."""
+    if kind == "random":
+        return torch.rand(n, 3, generator=generator)
+    return torch.full((n, 3), BACKGROUNDS[kind])
+
+
+def composite(rgb: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
+    """Straight-alpha colour rgb [..., 3] over background [..., 3] with coverage alpha [...]."""
+    return rgb * alpha[..., None] + background * (1.0 - alpha[..., None])
+
+
+class RandomRays(IterableDataset):
+    """Endless batches of random training rays.
+
+    Each item: rays_o [n, 3], rays_d [n, 3] (world/scene frame, unit), rgb [n, 3] (ground truth
+    composited over ``background``), alpha [n], background [n, 3].
+    """
+
+    def __init__(self, split: SceneSplit, n_rays: int, image_sampling: bool, background: str, seed: int):
+        if split.rgb is None:
+            raise ValueError("the training split has no images")
+        self.split = split
+        self.n_rays = int(n_rays)
+        self.image_sampling = image_sampling
+        self.background = background
+        self.seed = seed
+
+    def sample(self, generator: torch.Generator) -> Dict[str, Tensor]:
+        s = self.split
+        n = self.n_rays
+        if self.image_sampling:
+            img = torch.randint(0, len(s), (1,), generator=generator).expand(n)
+        else:
+            img = torch.randint(0, len(s), (n,), generator=generator)
+        x = torch.randint(0, s.width, (n,), generator=generator)
+        y = torch.randint(0, s.height, (n,), generator=generator)
+        pixels = torch.stack([x, y], dim=-1).float() + 0.5
+        dirs = pixel_directions_at(pixels, s.intrinsics[img])
+        rays_o, rays_d = camera_rays(dirs, s.c2w[img])
+        alpha = s.alpha[img, y, x]
+        background = background_colours(self.background, n, generator)
+        rgb = composite(s.rgb[img, y, x], alpha, background)
+        return {"rays_o": rays_o, "rays_d": rays_d, "rgb": rgb, "alpha": alpha, "background": background}
+
+    def __iter__(self) -> Iterator[Dict[str, Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        generator = torch.Generator().manual_seed(self.seed * 9973 + worker)
+        while True:
+            yield self.sample(generator)
+
+
+class ImageRays(Dataset):
+    """One whole image per item: rays [H*W, 3] and, where there is ground truth, rgb [H*W, 3] and alpha [H*W]."""
+
+    def __init__(self, split: SceneSplit, background: str):
+        self.split = split
+        self.background = background
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> Dict[str, Tensor]:
+        s = self.split
+        dirs = pixel_directions(s.width, s.height, s.intrinsics[index]).reshape(-1, 3)
+        rays_o, rays_d = camera_rays(dirs, s.c2w[index])
+        n = rays_o.shape[0]
+        item = {
+            "index": torch.tensor(index),
+            "rays_o": rays_o,
+            "rays_d": rays_d,
+            "background": background_colours(self.background, n),
+        }
+        if s.rgb is not None:
+            alpha = s.alpha[index].reshape(-1)
+            item["alpha"] = alpha
+            item["rgb"] = composite(s.rgb[index].reshape(-1, 3), alpha, item["background"])
+        return item
+
+
+class SceneDataModule(pl.LightningDataModule):
+    """Loads the splits a stage needs from ``scene`` and serves them."""
+
+    def __init__(self, scene: Scene, cfg, train_num_rays: int = 1024, seed: int = 0):
+        super().__init__()
+        self.scene = scene
+        self.cfg = cfg
+        self.train_num_rays = train_num_rays
+        self.seed = seed
+        self.splits: Dict[str, SceneSplit] = {}
+        self.train_dataset: Optional[RandomRays] = None
+
+    def split(self, name: str) -> SceneSplit:
+        if name not in self.splits:
+            self.splits[name] = self.scene.load_split(name)  # type: ignore[arg-type]
+        return self.splits[name]
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        if stage in (None, "fit"):
+            # a different ray stream on every process
+            self.train_dataset = RandomRays(
+                self.split("train"), self.train_num_rays, self.cfg.batch_image_sampling,
+                self.cfg.train_background, seed=self.seed + rank,
+            )
+        if stage in (None, "fit", "validate"):
+            self.split("val")
+        if stage in (None, "test"):
+            self.split("test")
+        if stage in (None, "predict"):
+            self.split("predict")
+
+    def _images(self, name: str) -> DataLoader:
+        dataset = ImageRays(self.split(name), self.cfg.eval_background)
+        workers = self.cfg.num_workers
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                          persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_dataset is not None, "setup('fit') was not called"
+        return DataLoader(self.train_dataset, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._images("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._images("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._images("predict")

@@ -1,0 +1,2 @@
+"""Importing this module registers every dataset loader."""
+from datasets import blender, synthetic  # noqa: F401

@@ -1,0 +1,40 @@
+"""The interface every encoding follows.
+
+An encoding maps points ``x [N, D]`` (positions in the unit cube [0, 1]^D, or unit directions
+for spherical harmonics) to features ``[N, F]``.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+
+
+class Encoding(nn.Module):
+    """Base class: ``n_input_dims`` (D) and ``n_output_dims`` (F) plus the common hooks."""
+
+    n_input_dims: int
+    n_output_dims: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, D] -> features [N, F]."""
+        raise NotImplementedError
+
+    def forward_with_jacobian(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x [N, D] -> (features [N, F], jacobian d features / d x [N, F, D]).
+
+        The jacobian is computed explicitly (no ``create_graph``) and stays differentiable with
+        respect to the encoding's parameters; it may be a non-contiguous view.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no forward_with_jacobian")
+
+    def update_step(self, epoch: int, global_step: int) -> None:
+        """Called by the system once per training step (progressive schedules use it)."""
+
+    def regularizations(self) -> Dict[str, torch.Tensor]:
+        """Unweighted regularization terms by name (empty unless the encoding has some)."""
+        return {}
+
+    def extra_repr(self) -> str:
+        return f"n_input_dims={self.n_input_dims}, n_output_dims={self.n_output_dims}"

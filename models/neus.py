@@ -1,0 +1,128 @@
+"""NeuS: an SDF rendered by volume rendering with the SDF-derived opacity of Wang et al. 2021."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import models
+from models import register
+from models.rendering import accumulate_along_rays, render_weight_from_alpha
+from models.texture import VarianceConfig, VarianceNetwork
+from models.volume_renderer import RendererConfig, VolumeRenderer
+from utils.config import component
+
+
+def neus_alpha(sdf: Tensor, grad: Tensor, dirs: Tensor, dists: Tensor, inv_s: Tensor, cos_anneal_ratio: float) -> Tensor:
+    """Opacity of each sample section from the SDF (NeuS, eq. 13, with the cosine annealing trick).
+
+    sdf [S] at the section midpoints, grad [S, 3] their SDF gradients, dirs [S, 3] unit ray
+    directions, dists [S] section lengths, inv_s scalar -> alpha [S] in [0, 1].
+    """
+    true_cos = (dirs * grad).sum(-1)
+    # early on, anneal from a cosine that never lets the SDF look like it faces away (-0.5 ... 0)
+    iter_cos = -(F.relu(-true_cos * 0.5 + 0.5) * (1.0 - cos_anneal_ratio) + F.relu(-true_cos) * cos_anneal_ratio)
+    next_sdf = sdf + iter_cos * dists * 0.5
+    prev_sdf = sdf - iter_cos * dists * 0.5
+    prev_cdf = torch.sigmoid(prev_sdf * inv_s)
+    next_cdf = torch.sigmoid(next_sdf * inv_s)
+    return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
+
+
+@register("neus")
+class NeuSModel(VolumeRenderer):
+    @dataclasses.dataclass
+    class Config(RendererConfig):
+        geometry: Any = component("model", {"name": "volume-sdf"})
+        texture: Any = component("model", {"name": "volume-radiance"})
+        variance: VarianceConfig = dataclasses.field(default_factory=VarianceConfig)
+        cos_anneal_end: int = 20000  # steps over which the cosine annealing ratio goes 0 -> 1
+        compute_laplace: bool = False  # needed by the curvature loss
+
+    def __init__(self, cfg: "NeuSModel.Config") -> None:
+        super().__init__(cfg)
+        if abs(cfg.geometry.radius - cfg.radius) > 1e-9:
+            raise ValueError(
+                f"model.geometry.radius ({cfg.geometry.radius}) must equal model.radius ({cfg.radius}); "
+                "write radius: ${model.radius} in the geometry"
+            )
+        self.geometry = models.make(cfg.geometry.name, cfg.geometry)
+        self.texture = models.make(cfg.texture.name, cfg.texture)
+        self.variance = VarianceNetwork(cfg.variance)
+        self.cos_anneal_ratio = 1.0 if cfg.cos_anneal_end <= 0 else 0.0
+
+    @property
+    def inv_s(self) -> Tensor:
+        return self.variance.inv_s
+
+    def update_step(self, epoch: int, global_step: int) -> None:
+        self.geometry.update_step(epoch, global_step)
+        self.texture.update_step(epoch, global_step)
+        self.variance.update_step(epoch, global_step)
+        end = self.cfg.cos_anneal_end
+        self.cos_anneal_ratio = 1.0 if end <= 0 else min(1.0, global_step / end)
+        super().update_step(epoch, global_step)
+
+    @torch.no_grad()
+    def occupancy_fn(self, points: Tensor) -> Tensor:
+        """points [N, 3] -> NeuS opacity of a step of render_step_size facing the surface [N]."""
+        sdf = self.geometry.sdf(points)
+        inv_s = self.inv_s.clamp(1e-6, 1e6)
+        half = self.render_step_size * 0.5
+        prev_cdf = torch.sigmoid((sdf + half) * inv_s)
+        next_cdf = torch.sigmoid((sdf - half) * inv_s)
+        return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
+
+    def render(self, rays_o: Tensor, rays_d: Tensor, background: Tensor) -> Dict[str, Tensor]:
+        """Rays [R, 3], background [R, 3] -> rgb [R, 3], opacity [R, 1], depth [R, 1], normal [R, 3], ...
+
+        During training also the per-sample values the losses need (sdf_grad [S, 3], weights [S], ...).
+        """
+        n_rays = rays_o.shape[0]
+        ray_indices, t_starts, t_ends = self.march(rays_o, rays_d)
+        midpoints = (t_starts + t_ends) * 0.5
+        dirs = rays_d[ray_indices]
+        positions = rays_o[ray_indices] + dirs * midpoints[:, None]
+        geo = self.geometry(positions, with_grad=True, with_laplace=self.training and self.cfg.compute_laplace)
+        normal = F.normalize(geo["grad"], dim=-1)
+        alpha = neus_alpha(geo["sdf"], geo["grad"], dirs, t_ends - t_starts, self.inv_s, self.cos_anneal_ratio)
+        rgb = self.texture(geo["feature"], dirs, normal)
+        weights, _ = render_weight_from_alpha(alpha, ray_indices=ray_indices, n_rays=n_rays, backend=self.cfg.backend)
+        opacity = accumulate_along_rays(weights, None, ray_indices, n_rays)
+        out = {
+            "opacity": opacity,
+            "depth": accumulate_along_rays(weights, midpoints[:, None], ray_indices, n_rays),
+            "normal": accumulate_along_rays(weights, normal, ray_indices, n_rays),
+            "rgb": accumulate_along_rays(weights, rgb, ray_indices, n_rays) + background * (1.0 - opacity),
+            "num_samples": torch.tensor(float(ray_indices.shape[0]), device=rays_o.device),
+        }
+        if self.training:
+            out.update(
+                sdf_samples=geo["sdf"],
+                sdf_grad_samples=geo["grad"],
+                weights=weights,
+                t_starts=t_starts,
+                t_ends=t_ends,
+                ray_indices=ray_indices,
+            )
+            if "laplace" in geo:
+                out["sdf_laplace_samples"] = geo["laplace"]
+        return out
+
+    # ------------------------------------------------------------------ export
+    @torch.no_grad()
+    def surface_colors(self, vertices: Tensor, chunk: int = 65536) -> Tensor:
+        """Colour of surface points [V, 3] seen head-on (view direction = -normal) -> [V, 3]."""
+        colours = []
+        for i in range(0, vertices.shape[0], chunk):
+            geo = self.geometry(vertices[i:i + chunk], with_grad=True)
+            normal = F.normalize(geo["grad"], dim=-1)
+            colours.append(self.texture(geo["feature"], -normal, normal))
+        return torch.cat(colours) if colours else vertices.new_zeros(0, 3)
+
+    def isosurface_field(self, threshold: float):
+        """(fn: points [N, 3] -> values [N], level): the surface is where fn = level, inside below it."""
+        return self.geometry.sdf, threshold

@@ -1,0 +1,89 @@
+"""What NeuS and NeRF share: the scene box, the occupancy grid, marching, chunked rendering."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+from models.rendering import OccupancyGrid, chunked, ray_marching
+
+
+@dataclasses.dataclass
+class RendererConfig:
+    """Options of the volume renderer (part of every model's config)."""
+
+    radius: float = 1.0  # the scene box is [-radius, radius]^3
+    num_samples_per_ray: int = 1024  # sets render_step_size = box diagonal / num_samples_per_ray
+    max_samples_per_ray: Optional[int] = None
+    cone_angle: float = 0.0  # > 0: steps grow with distance (for large scenes)
+    near_plane: float = 0.0
+    far_plane: float = 1e10
+    grid_prune: bool = True  # skip empty space with an occupancy grid
+    grid_resolution: int = 128
+    grid_update_every: int = 16
+    grid_warmup_steps: int = 256
+    grid_occ_thre: float = 0.001
+    grid_ema_decay: float = 0.95
+    eval_chunk_size: int = 8192  # rays per chunk when rendering whole images
+    backend: Literal["auto", "torch", "nerfacc"] = "auto"
+
+
+class VolumeRenderer(nn.Module):
+    """Base of the models: owns the occupancy grid and renders rays in chunks outside training."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        r = float(cfg.radius)
+        self.register_buffer("aabb", torch.tensor([-r, -r, -r, r, r, r], dtype=torch.float32), persistent=False)
+        self.render_step_size = 2.0 * 3.0**0.5 * r / cfg.num_samples_per_ray
+        self.grid: Optional[OccupancyGrid] = None
+        if cfg.grid_prune:
+            self.grid = OccupancyGrid(aabb=[-r, -r, -r, r, r, r], resolution=cfg.grid_resolution)
+
+    # ------------------------------------------------------------------ per step
+    def occupancy_fn(self, points: Tensor) -> Tensor:
+        """points [N, 3] -> opacity of a step of render_step_size at each point [N] (no grad)."""
+        raise NotImplementedError
+
+    def update_step(self, epoch: int, global_step: int) -> None:
+        if self.grid is not None and self.training:
+            self.grid.update_every_n_steps(
+                global_step,
+                self.occupancy_fn,
+                n=self.cfg.grid_update_every,
+                occ_thre=self.cfg.grid_occ_thre,
+                ema_decay=self.cfg.grid_ema_decay,
+                warmup_steps=self.cfg.grid_warmup_steps,
+            )
+
+    # ------------------------------------------------------------------ rendering
+    def march(self, rays_o: Tensor, rays_d: Tensor, alpha_fn: Optional[Callable] = None):
+        """Packed samples (ray_indices [S], t_starts [S], t_ends [S]) along rays [R, 3]."""
+        return ray_marching(
+            rays_o, rays_d,
+            aabb=self.aabb,
+            grid=self.grid,
+            near_plane=self.cfg.near_plane,
+            far_plane=self.cfg.far_plane,
+            render_step_size=self.render_step_size,
+            stratified=self.training,
+            cone_angle=self.cfg.cone_angle,
+            alpha_fn=alpha_fn,
+            max_samples_per_ray=self.cfg.max_samples_per_ray,
+            backend=self.cfg.backend,
+        )
+
+    def render(self, rays_o: Tensor, rays_d: Tensor, background: Tensor) -> Dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, rays_o: Tensor, rays_d: Tensor, background: Tensor) -> Dict[str, Tensor]:
+        """Rays [R, 3] and background colours [R, 3] -> per-ray outputs (rgb [R, 3], opacity [R, 1], ...).
+
+        Outside training the rays go through in chunks of eval_chunk_size, so whole images fit in memory.
+        """
+        if self.training:
+            return self.render(rays_o, rays_d, background)
+        return chunked(self.render, rays_o.shape[0], self.cfg.eval_chunk_size, rays_o, rays_d, background)

@@ -1,0 +1,84 @@
+"""The NeuS system: photometric loss plus the SDF's regularizers."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict
+
+import torch
+from torch import Tensor
+
+from models.rendering import distortion_loss
+from systems import register
+from systems.base import BaseSystem, SystemConfig
+from systems.losses import (
+    Weight, curvature_loss, eikonal_loss, mask_loss, opaque_loss, sparsity_loss,
+)
+
+
+@dataclasses.dataclass
+class NeuSLossConfig:
+    lambda_rgb_mse: Weight = 0.0
+    lambda_rgb_l1: Weight = 1.0
+    lambda_eikonal: Weight = 0.1
+    lambda_mask: Weight = 0.0  # BCE of opacity against the dataset's masks (needs masks)
+    lambda_opaque: Weight = 0.0
+    lambda_sparsity: Weight = 0.0
+    lambda_curvature: Weight = 0.0  # needs model.compute_laplace
+    lambda_distortion: Weight = 0.0
+    # the fields' own regularizers, e.g. the tri-plane's total variation ('tv') and 'l1'
+    lambda_tv: Weight = 0.0
+    lambda_l1: Weight = 0.0
+    sparsity_scale: float = 1.0
+
+
+@register("neus-system")
+class NeuSSystem(BaseSystem):
+    @dataclasses.dataclass
+    class Config(SystemConfig):
+        loss: NeuSLossConfig = dataclasses.field(default_factory=NeuSLossConfig)
+
+    def __init__(self, cfg, model_cfg, context) -> None:
+        super().__init__(cfg, model_cfg, context)
+        if weight_nonzero(cfg.loss.lambda_curvature) and not self.model.cfg.compute_laplace:
+            raise ValueError("system.loss.lambda_curvature > 0 needs model.compute_laplace: true")
+
+    def losses(self, batch: Dict[str, Tensor], out: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        terms: Dict[str, Tensor] = {}
+        loss_cfg = self.cfg.loss
+        diff = out["rgb"] - batch["rgb"]
+        if weight_nonzero(loss_cfg.lambda_rgb_mse):
+            terms["rgb_mse"] = (diff ** 2).mean()
+        if weight_nonzero(loss_cfg.lambda_rgb_l1):
+            terms["rgb_l1"] = diff.abs().mean()
+        has_samples = out["sdf_grad_samples"].shape[0] > 0
+        if weight_nonzero(loss_cfg.lambda_eikonal) and has_samples:
+            terms["eikonal"] = eikonal_loss(out["sdf_grad_samples"])
+        opacity = out["opacity"].squeeze(-1)
+        if weight_nonzero(loss_cfg.lambda_mask):
+            terms["mask"] = mask_loss(opacity, batch["alpha"])
+        if weight_nonzero(loss_cfg.lambda_opaque):
+            terms["opaque"] = opaque_loss(opacity)
+        if weight_nonzero(loss_cfg.lambda_sparsity) and has_samples:
+            terms["sparsity"] = sparsity_loss(out["sdf_samples"], loss_cfg.sparsity_scale)
+        if weight_nonzero(loss_cfg.lambda_curvature) and "sdf_laplace_samples" in out and has_samples:
+            terms["curvature"] = curvature_loss(out["sdf_laplace_samples"])
+        if weight_nonzero(loss_cfg.lambda_distortion) and has_samples:
+            terms["distortion"] = distortion_loss(
+                out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], opacity.shape[0]
+            ).mean()
+        regs = self.model.geometry.regularizations()
+        for name in ("tv", "l1"):
+            if weight_nonzero(getattr(loss_cfg, f"lambda_{name}")) and name in regs:
+                terms[name] = regs[name]
+        return terms
+
+    def log_extra_train_stats(self) -> None:
+        self.log("train/inv_s", float(self.model.inv_s), prog_bar=True)
+        self.log("train/cos_anneal_ratio", float(self.model.cos_anneal_ratio))
+
+
+def weight_nonzero(weight: Weight) -> bool:
+    """Whether a weight (number or schedule) is ever non-zero, so its loss must be computed."""
+    if isinstance(weight, (int, float)):
+        return weight != 0
+    return any(float(v) != 0 for _, v in weight)

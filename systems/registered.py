@@ -1,0 +1,2 @@
+"""Importing this module registers every system."""
+from systems import nerf, neus  # noqa: F401

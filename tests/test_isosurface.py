@@ -1,0 +1,289 @@
+"""Marching cubes and chunked coarse-to-fine isosurface extraction, checked against analytic
+surfaces (spheres) and hand-computed cases."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import models.isosurface as iso
+from models.isosurface import (
+    EmptySurfaceError,
+    Mesh,
+    NonFiniteFieldError,
+    extract_isosurface,
+    marching_cubes,
+    torchmcubes_available,
+)
+
+BOUNDS = ([-1.0, -1.0, -1.0], [1.0, 1.0, 1.0])
+
+
+def sphere_sdf(center, radius):
+    c = torch.tensor(center, dtype=torch.float32)
+
+    def f(p):
+        return (p - c.to(p.device)).norm(dim=-1) - radius
+
+    return f
+
+
+def two_spheres(p):
+    a = sphere_sdf([-0.35, -0.3, 0.1], 0.3)(p)
+    b = sphere_sdf([0.45, 0.3, -0.2], 0.25)(p)
+    return torch.minimum(a, b)
+
+
+def hand_grid():
+    """Only corner (0,0,0) is inside; crossings at 1/(1+3), 1/(1+1), 1/(1+0.25) along x, y, z."""
+    v = torch.ones(2, 2, 2)
+    v[0, 0, 0], v[1, 0, 0], v[0, 1, 0], v[0, 0, 1] = -1.0, 3.0, 1.0, 0.25
+    expected = np.array([[0.25, 0, 0], [0, 0.5, 0], [0, 0, 0.8]])
+    return v, expected
+
+
+def check_hand_case(verts, faces):
+    verts, faces = verts.cpu().double().numpy(), faces.cpu().numpy()
+    assert faces.shape == (1, 3)
+    got = verts[faces[0]]
+    # same three points (any order)
+    for e in hand_grid()[1]:
+        assert np.min(np.linalg.norm(got - e, axis=1)) < 1e-5, (got, e)
+    n = np.cross(got[1] - got[0], got[2] - got[0])
+    assert np.dot(n, [1, 1, 1]) > 0  # points away from the inside corner
+
+
+def sorted_rows(v):
+    v = v.double().numpy()
+    return v[np.lexsort(v.T[::-1])]
+
+
+# ------------------------------------------------------------------------------------------
+# marching_cubes
+# ------------------------------------------------------------------------------------------
+def test_marching_cubes_hand_case_pymcubes():
+    v, _ = hand_grid()
+    verts, faces = marching_cubes(v, 0.0, backend="pymcubes")
+    assert verts.dtype == torch.float32 and faces.dtype == torch.int64
+    check_hand_case(verts, faces)
+
+
+def test_marching_cubes_no_crossing_is_empty():
+    verts, faces = marching_cubes(torch.ones(3, 4, 5), 0.0, backend="pymcubes")
+    assert verts.shape == (0, 3) and faces.shape == (0, 3)
+
+
+@pytest.mark.skipif(not torchmcubes_available(), reason="torchmcubes is not installed")
+def test_marching_cubes_hand_case_torchmcubes():
+    v, _ = hand_grid()
+    check_hand_case(*marching_cubes(v, 0.0, backend="torchmcubes"))
+    if torch.cuda.is_available():
+        check_hand_case(*marching_cubes(v.cuda(), 0.0, backend="torchmcubes"))
+
+
+@pytest.mark.skipif(not torchmcubes_available(), reason="torchmcubes is not installed")
+def test_backends_agree_on_sphere():
+    x = torch.linspace(-1, 1, 24)
+    grid = torch.stack(torch.meshgrid(x, x, x, indexing="ij"), -1)
+    values = sphere_sdf([0.1, -0.2, 0.05], 0.6)(grid)
+    outs = [marching_cubes(values, 0.0, backend=b) for b in ("pymcubes", "torchmcubes")]
+    (v1, f1), (v2, f2) = outs
+    assert v1.shape == v2.shape and f1.shape == f2.shape
+    assert np.allclose(sorted_rows(v1), sorted_rows(v2), atol=1e-4)
+    for v, f in outs:
+        assert Mesh(v, f).to_trimesh().volume > 0  # outward on both
+
+
+def test_torchmcubes_conversion_with_emulated_library(monkeypatch):
+    """Emulate torchmcubes' output convention (vol read as [z][y][x], vertices written as
+    (x, y, z), one vertex per triangle corner, tables outward in that mirrored frame) with
+    PyMCubes, and check the wrapper turns it into PyMCubes' result."""
+    import mcubes
+
+    def fake(vol, thr):
+        v, f = mcubes.marching_cubes(vol.numpy(), thr)  # index order, winding to lower values
+        soup = torch.from_numpy(v[f.astype(np.int64).reshape(-1)][:, ::-1].copy()).float()
+        faces = torch.arange(soup.shape[0], dtype=torch.int32).reshape(-1, 3)
+        return soup, faces
+
+    monkeypatch.setattr(iso, "_TORCHMCUBES", fake)
+    x = torch.linspace(-1, 1, 20)
+    grid = torch.stack(torch.meshgrid(x, x, x, indexing="ij"), -1)
+    values = sphere_sdf([0.1, -0.2, 0.05], 0.6)(grid)
+    vt, ft = marching_cubes(values, 0.0, backend="torchmcubes")
+    vp, fp = marching_cubes(values, 0.0, backend="pymcubes")
+    assert vt.shape == vp.shape and ft.shape == fp.shape  # shared vertices merged
+    assert np.allclose(sorted_rows(vt), sorted_rows(vp), atol=1e-5)
+    mt = Mesh(vt, ft).to_trimesh()
+    assert mt.is_watertight and mt.volume > 0
+    check_hand_case(*marching_cubes(hand_grid()[0], 0.0, backend="torchmcubes"))
+
+
+def test_outward_fraction_agrees_with_geometry():
+    x = torch.linspace(-1, 1, 20)
+    grid = torch.stack(torch.meshgrid(x, x, x, indexing="ij"), -1)
+    values = sphere_sdf([0.0, 0.0, 0.0], 0.6)(grid)
+    v, f = marching_cubes(values, 0.0, backend="pymcubes")
+    assert iso._outward_fraction(v.double(), f, values) > 0.99
+    assert iso._outward_fraction(v.double(), f[:, [0, 2, 1]], values) < 0.01
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend"):
+        marching_cubes(torch.ones(2, 2, 2), 0.0, backend="nope")
+
+
+# ------------------------------------------------------------------------------------------
+# extract_isosurface
+# ------------------------------------------------------------------------------------------
+def test_sphere_accuracy_watertight_and_outward():
+    res, radius = 64, 0.55
+    spacing = 2.0 / (res - 1)
+    mesh = extract_isosurface(sphere_sdf([0.0, 0.0, 0.0], radius), BOUNDS, res)
+    assert isinstance(mesh, Mesh)
+    assert mesh.vertices.dtype == torch.float32 and mesh.faces.dtype == torch.int64
+    err = (mesh.vertices.double().norm(dim=-1) - radius).abs().max().item()
+    assert err < 0.1 * spacing
+    tm = mesh.to_trimesh()
+    assert tm.is_watertight
+    assert tm.volume == pytest.approx(4 / 3 * math.pi * radius**3, rel=0.01)
+    # normals point outward: mean dot(normal, position) > 0, and so for (nearly) every face
+    centres = mesh.vertices[mesh.faces].mean(1)
+    dots = (mesh.face_normals() * centres).sum(-1)
+    assert dots.mean() > 0 and (dots > 0).float().mean() > 0.999
+
+
+def test_anisotropic_bounds_and_resolution_map_to_scene():
+    center, radius = [0.3, -0.2, 0.1], 0.4
+    bounds = ([-0.5, -1.0, -0.5], [1.0, 0.5, 0.8])
+    mesh = extract_isosurface(sphere_sdf(center, radius), bounds, (40, 50, 60))
+    d = (mesh.vertices.double() - torch.tensor(center).double()).norm(dim=-1)
+    assert (d - radius).abs().max() < 0.005
+    lo, hi = mesh.vertices.min(0).values, mesh.vertices.max(0).values
+    assert torch.allclose(lo, torch.tensor(center) - radius, atol=0.01)
+    assert torch.allclose(hi, torch.tensor(center) + radius, atol=0.01)
+
+
+class CountingField:
+    def __init__(self, fn):
+        self.fn, self.n_points, self.max_chunk = fn, 0, 0
+        self.max_x = -math.inf
+
+    def __call__(self, p):
+        self.n_points += p.shape[0]
+        self.max_chunk = max(self.max_chunk, p.shape[0])
+        if p.shape[0]:
+            self.max_x = max(self.max_x, float(p[:, 0].max()))
+        return self.fn(p)
+
+
+def test_coarse_to_fine_matches_single_full_pass():
+    res = 97
+    full = CountingField(two_spheres)
+    m_full = extract_isosurface(full, BOUNDS, res, coarse_to_fine=False)
+    ctf = CountingField(two_spheres)
+    m_ctf = extract_isosurface(ctf, BOUNDS, res, coarse_to_fine=True, coarse_resolution=17,
+                               margin=1)
+    assert full.n_points == res**3
+    assert ctf.n_points < 0.6 * res**3  # the box really was smaller than the grid
+    assert m_ctf.num_vertices == m_full.num_vertices and m_ctf.num_faces == m_full.num_faces
+    assert np.allclose(sorted_rows(m_ctf.vertices), sorted_rows(m_full.vertices), atol=1e-5)
+
+
+def test_chunking_gives_identical_output():
+    kw = dict(bounds=BOUNDS, resolution=40, coarse_to_fine=True, coarse_resolution=12)
+    small = CountingField(two_spheres)
+    a = extract_isosurface(small, chunk_size=997, **kw)
+    b = extract_isosurface(two_spheres, chunk_size=2**20, **kw)
+    assert small.max_chunk <= 997
+    assert torch.equal(a.vertices, b.vertices) and torch.equal(a.faces, b.faces)
+
+
+def test_skip_fn_regions_get_no_surface_and_no_queries():
+    res = 48
+    spacing = 2.0 / (res - 1)
+    field = CountingField(two_spheres)
+    mesh = extract_isosurface(field, BOUNDS, res, skip_fn=lambda p: p[:, 0] > 0.0)
+    assert field.max_x <= 0.0  # the field never saw a skipped point
+    assert mesh.vertices[:, 0].max() <= spacing  # the sphere at x > 0 is gone
+    # the sphere at x < 0 is still complete and closed
+    d = (mesh.vertices.double() - torch.tensor([-0.35, -0.3, 0.1]).double()).norm(dim=-1)
+    assert (d - 0.3).abs().max() < 0.1 * spacing
+    assert mesh.to_trimesh().is_watertight
+
+
+def test_empty_surface_reports_min_max_and_threshold():
+    res = 32
+
+    def field(p):
+        return p.norm(dim=-1) + 1.0  # never below 0
+
+    with pytest.raises(EmptySurfaceError) as info:
+        extract_isosurface(field, BOUNDS, res, coarse_to_fine=False)
+    msg = str(info.value)
+    # grid points closest to/furthest from the origin: (+-1/31, ...) and the corners
+    vmin = np.float32(1.0 + math.sqrt(3) / 31)
+    vmax = np.float32(1.0 + math.sqrt(3))
+    assert f"{float(vmin):.6g}"[:5] in msg and f"{float(vmax):.6g}"[:5] in msg
+    assert "threshold 0" in msg and "bounds" in msg
+    assert isinstance(info.value, ValueError)
+
+
+def test_empty_surface_in_coarse_pass_and_all_inside():
+    with pytest.raises(EmptySurfaceError, match="all inside"):
+        extract_isosurface(lambda p: p.norm(dim=-1) - 5.0, BOUNDS, 80, coarse_resolution=16)
+    with pytest.raises(EmptySurfaceError, match="threshold"):
+        extract_isosurface(lambda p: p.norm(dim=-1) + 1.0, BOUNDS, 80, coarse_resolution=16)
+
+
+def test_nan_field_raises_clear_error():
+    def field(p):
+        out = p.norm(dim=-1) - 0.5
+        out[p[:, 0] > 0.5] = float("nan")
+        return out
+
+    with pytest.raises(NonFiniteFieldError, match="NaN"):
+        extract_isosurface(field, BOUNDS, 24, coarse_to_fine=False)
+
+
+def test_field_shape_n1_accepted_and_bad_shape_rejected():
+    sdf = sphere_sdf([0.0, 0.0, 0.0], 0.5)
+    m = extract_isosurface(lambda p: sdf(p)[:, None], BOUNDS, 24)
+    assert m.num_faces > 0
+    with pytest.raises(ValueError, match=r"\[N\]"):
+        extract_isosurface(lambda p: sdf(p)[:2], BOUNDS, 24)
+
+
+def test_threshold_level_set():
+    # the 0.2 level set of the unit-speed SDF of radius 0.4 is the sphere of radius 0.6
+    mesh = extract_isosurface(sphere_sdf([0.0, 0.0, 0.0], 0.4), BOUNDS, 48, threshold=0.2)
+    assert (mesh.vertices.double().norm(dim=-1) - 0.6).abs().max() < 0.005
+
+
+def test_color_fn_and_progress_output(capsys):
+    mesh = extract_isosurface(sphere_sdf([0.0, 0.0, 0.0], 0.5), BOUNDS, 24,
+                              color_fn=lambda p: (p + 1.0) / 2.0, progress=True)
+    assert mesh.vertex_colors is not None and mesh.vertex_colors.shape == (mesh.num_vertices, 3)
+    assert torch.allclose(mesh.vertex_colors, (mesh.vertices + 1.0) / 2.0, atol=1e-6)
+    assert "isosurface" in capsys.readouterr().err
+
+
+def test_module_field_and_transformed_mesh():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.radius = torch.nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, p):
+            return p.norm(dim=-1) - self.radius
+
+    mesh = extract_isosurface(Net(), BOUNDS, 32)
+    assert not mesh.vertices.requires_grad  # evaluated under no_grad
+    # scale 2 + translation: a sphere of radius 1 about (1, 2, 3)
+    m = torch.eye(4)
+    m[:3, :3] *= 2.0
+    m[:3, 3] = torch.tensor([1.0, 2.0, 3.0])
+    moved = mesh.transformed(m)
+    d = (moved.vertices - torch.tensor([1.0, 2.0, 3.0])).norm(dim=-1)
+    assert (d - 1.0).abs().max() < 0.01
+    assert moved.to_trimesh().volume > 0

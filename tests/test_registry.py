@@ -1,0 +1,55 @@
+import dataclasses
+
+import pytest
+
+from utils.config import ConfigError
+from utils.registry import Registry, RegistryError
+
+things = Registry("test-thing")
+
+
+@things.register("alpha")
+class Alpha:
+    @dataclasses.dataclass
+    class Config:
+        size: int = 1
+
+    def __init__(self, cfg, extra=None):
+        self.cfg, self.extra = cfg, extra
+
+
+def test_make_checks_raw_config_and_passes_extra_args():
+    obj = things.make("alpha", {"size": 4}, extra="x")
+    assert obj.cfg.size == 4 and obj.extra == "x"
+    with pytest.raises(ConfigError, match="test-thing.sise"):
+        things.make("alpha", {"sise": 4})
+
+
+def test_duplicate_name_raises():
+    with pytest.raises(RegistryError, match="already registered"):
+        things.register("alpha")(type("Other", (), {}))
+    assert things.get("alpha") is Alpha
+
+
+def test_unknown_name_lists_known_and_suggests():
+    with pytest.raises(RegistryError) as err:
+        things.get("alpah")
+    assert "'alpha'" in str(err.value) and "Known test-things: alpha" in str(err.value)
+
+
+def test_duplicate_registry_kind_raises():
+    with pytest.raises(RegistryError):
+        Registry("test-thing")
+
+
+def test_toolkit_registries_are_filled():
+    import datasets.registered  # noqa: F401
+    import models.registered  # noqa: F401
+    import systems.registered  # noqa: F401
+    from datasets import datasets
+    from models import models
+    from systems import systems
+
+    assert {"blender", "synthetic"} <= set(datasets.names())
+    assert {"neus", "nerf", "volume-sdf", "volume-density", "volume-radiance", "volume-color"} <= set(models.names())
+    assert {"neus-system", "nerf-system"} <= set(systems.names())

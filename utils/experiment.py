@@ -1,0 +1,68 @@
+"""The top-level config of a run: which dataset, model and system, and how to train and export."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, List, Literal, Optional, Union
+
+from utils.config import component
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """Options handed to Lightning's Trainer (see launch.py for the command-line flags)."""
+
+    max_steps: int = 20000
+    val_check_interval: int = 5000  # validate every n training steps
+    log_every_n_steps: int = 50
+    limit_val_batches: Optional[Union[int, float]] = None  # images (int) or fraction (float) per validation
+    limit_test_batches: Optional[Union[int, float]] = None
+    num_sanity_val_steps: int = 0
+    precision: Literal["32-true", "32", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: Union[int, str, List[int]] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    gradient_clip_val: Optional[float] = None
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every_n_train_steps: int = 5000  # periodic checkpoints (all kept) besides last.ckpt
+    save_last: bool = True
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """Mesh export by marching cubes."""
+
+    resolution: int = 512
+    threshold: float = 0.0  # level set of the SDF (NeuS) or density threshold (NeRF, set e.g. 10)
+    chunk_size: int = 262144  # field queries per chunk
+    coarse_to_fine: bool = True
+    formats: List[Literal["ply", "obj"]] = dataclasses.field(default_factory=lambda: ["ply"])
+    vertex_colors: bool = True
+    backend: Literal["auto", "pymcubes", "torchmcubes"] = "auto"
+    # map vertices back into the input's world frame (the inverse of the scene normalization)
+    world_coordinates: bool = True
+    # skip cells the occupancy grid knows are empty
+    use_occupancy_grid: bool = True
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    name: str = "???"
+    tag: str = ""
+    seed: int = 42
+    dataset: Any = component("dataset")
+    model: Any = component("model")
+    system: Any = component("system")
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("dataset", "model", "system"):
+            if getattr(self, key) is None:
+                raise ValueError(f"'{key}' is missing: every config needs a {key} section with a name")
