@@ -17,6 +17,8 @@ Conventions (every function here):
 Backends: ``"pymcubes"`` (PyMCubes, CPU) and ``"torchmcubes"`` (optional, imported lazily;
 CPU or CUDA). ``"auto"`` uses torchmcubes when it imports and the values are on CUDA (and, on
 CUDA, when its per-voxel scratch buffer fits in free GPU memory), PyMCubes otherwise.
+torchmcubes output is brought to the same form as PyMCubes': vertices in index order, shared
+vertices merged (some versions return a triangle soup), the same winding.
 
 Axis names in shapes: N points, V vertices, F faces, X/Y/Z grid sizes.
 """
@@ -51,6 +53,9 @@ FieldFn = Callable[[Tensor], Tensor]
 
 # torchmcubes' CUDA kernel keeps a [X, Y, Z, 12, 3] float32 scratch buffer plus two int32 grids
 _TORCHMCUBES_CUDA_BYTES_PER_VOXEL = 12 * 3 * 4 + 2 * 4
+
+# torchmcubes vertex copies closer than this (in voxels) are merged
+_MERGE_TOLERANCE = 1e-3
 
 
 class EmptySurfaceError(ValueError):
@@ -150,20 +155,42 @@ def _mc_torchmcubes(values: Tensor, threshold: float) -> Tuple[Tensor, Tensor]:
     # torchmcubes reads vol[z][y][x] and writes vertices as (x, y, z): reverse to index order.
     verts = verts[:, [2, 1, 0]].to(torch.float64)
     faces = faces.to(torch.int64).reshape(-1, 3)
-    # Some versions return one vertex per triangle corner: merge shared vertices so the mesh is
-    # connected, and drop the degenerate faces this creates (or an empty-case dummy triangle).
+    # Some versions return one vertex per triangle corner, and copies of a vertex computed in
+    # neighbouring cells may differ in the last float32 bits: merge them so the mesh is closed.
     if verts.shape[0] > 0:
-        verts, inverse = torch.unique(verts, dim=0, return_inverse=True)
-        faces = inverse[faces]
-        ok = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
-        faces = faces[ok]
+        verts, faces = _merge_close_vertices(verts.cpu(), faces.cpu(), _MERGE_TOLERANCE)
     # Its tables orient outward in its (x, y, z) frame; reversing the axes mirrors the frame, so
     # the winding is reversed too. Check against the field gradient rather than trust a version.
     faces = faces[:, [0, 2, 1]].contiguous()
-    if faces.shape[0] > 0 and _outward_fraction(verts, faces, vol) < 0.5:
+    if faces.shape[0] > 0 and _outward_fraction(verts, faces, vol.cpu()) < 0.5:
         logger.warning("torchmcubes returned inward-facing triangles; reversing their winding")
         faces = faces[:, [0, 2, 1]].contiguous()
     return verts, faces
+
+
+def _merge_close_vertices(verts: Tensor, faces: Tensor, tol: float) -> Tuple[Tensor, Tensor]:
+    """Merge vertices closer than ``tol`` (transitively) into their mean and drop the faces that
+    become degenerate. verts [V, 3] float64 (CPU), faces [F, 3] int64 (CPU)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    v = verts.numpy()
+    uniq, inverse = np.unique(v, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    pairs = cKDTree(uniq).query_pairs(tol, output_type="ndarray")
+    if len(pairs):
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                           shape=(len(uniq), len(uniq)))
+        n, label = connected_components(graph, directed=False)
+        count = np.bincount(label, minlength=n).astype(np.float64)
+        merged = np.stack([np.bincount(label, weights=uniq[:, a], minlength=n)
+                           for a in range(3)], axis=1) / count[:, None]
+    else:
+        label, merged = np.arange(len(uniq)), uniq
+    f = label[inverse][faces.numpy()]
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
+    return torch.from_numpy(merged), torch.from_numpy(np.ascontiguousarray(f, dtype=np.int64))
 
 
 def _outward_fraction(vertices: Tensor, faces: Tensor, values: Tensor,
@@ -196,7 +223,8 @@ def _marching_cubes_f64(values: Tensor, threshold: float, backend: str) -> Tuple
     if values.ndim != 3:
         raise ValueError(f"marching cubes needs a [X, Y, Z] grid, got shape {tuple(values.shape)}")
     if min(values.shape) < 2:
-        raise ValueError(f"marching cubes needs at least 2 samples per axis, got {tuple(values.shape)}")
+        raise ValueError("marching cubes needs at least 2 samples per axis, got "
+                         f"{tuple(values.shape)}")
     if torch.isnan(values).any():
         raise NonFiniteFieldError(f"values hold {int(torch.isnan(values).sum())} NaN entries")
     name = _resolve_backend(backend, values.device, values.numel())
@@ -260,14 +288,22 @@ class _Progress:
 class _FieldStats:
     def __init__(self) -> None:
         self.vmin, self.vmax = math.inf, -math.inf
-        self.n_evaluated = self.n_skipped = self.n_inside = 0
+        self.n_evaluated = self.n_skipped = 0
+
+    def crosses(self, threshold: float) -> bool:
+        """Whether some grid value is < threshold and some is >= threshold (skipped points
+        count as outside)."""
+        has_inside = self.n_evaluated > 0 and self.vmin < threshold
+        has_outside = self.n_skipped > 0 or (self.n_evaluated > 0 and self.vmax >= threshold)
+        return has_inside and has_outside
 
     def describe(self) -> str:
         if self.n_evaluated == 0:
             return f"skip_fn marked all {self.n_skipped} grid points as empty"
         s = f"the field ranges over [{self.vmin:.6g}, {self.vmax:.6g}]"
         if self.n_skipped:
-            s += f" on the {self.n_evaluated} evaluated points ({self.n_skipped} skipped by skip_fn)"
+            s += (f" on the {self.n_evaluated} evaluated points ({self.n_skipped} skipped by "
+                  "skip_fn)")
         return s
 
 
@@ -281,54 +317,75 @@ def _call_field(field_fn: FieldFn, pts: Tensor) -> Tensor:
     return out.reshape(-1).to(torch.float32)
 
 
+def _chunks(shape: Sequence[int], chunk_size: int):
+    """Split a [X, Y, Z] box into sub-boxes (i0, i1, j0, j1) (all of axis 2) that are contiguous
+    in C order: whole axis-0 slabs when a slab fits in ``chunk_size`` points, else runs of
+    axis-1 rows of one slab (at least one row, so a chunk holds max(chunk_size, Z) points at
+    most)."""
+    sx, sy, sz = shape
+    rows = max(1, chunk_size // sz)
+    if rows >= sy:
+        step = rows // sy
+        for i0 in range(0, sx, step):
+            yield i0, min(sx, i0 + step), 0, sy
+    else:
+        for i0 in range(sx):
+            for j0 in range(0, sy, rows):
+                yield i0, i0 + 1, j0, min(sy, j0 + rows)
+
+
 def _evaluate_box(field_fn: FieldFn, axes: Sequence[Tensor], start: Sequence[int],
                   shape: Sequence[int], threshold: float, chunk_size: int,
                   skip_fn: Optional[Callable[[Tensor], Tensor]], skip_value: float,
                   out_device: torch.device, progress: _Progress) -> Tuple[Tensor, _FieldStats]:
     """Evaluate the field on the grid points ``axes[a][start[a] : start[a] + shape[a]]``.
 
-    Points are generated per chunk of ``chunk_size`` consecutive grid points in C order (slabs
-    of axis-0 slices), never all at once. Returns values [X, Y, Z] float32 on ``out_device``.
+    Points [N, 3] are generated per chunk of about ``chunk_size`` grid points (slabs of axis-0
+    slices, or rows of one slice), never all at once. Returns values [X, Y, Z] float32 on
+    ``out_device`` and the range of the evaluated values.
     """
     sx, sy, sz = (int(s) for s in shape)
     ax = [axes[a][int(start[a]):int(start[a]) + int(shape[a])] for a in range(3)]
     device = ax[0].device
-    total = sx * sy * sz
-    values = torch.empty(total, dtype=torch.float32, device=out_device)
+    values = torch.empty(sx * sy * sz, dtype=torch.float32, device=out_device)
     stats = _FieldStats()
-    for s in range(0, total, chunk_size):
-        e = min(total, s + chunk_size)
-        flat = torch.arange(s, e, device=device, dtype=torch.int64)
-        i, rem = flat // (sy * sz), flat % (sy * sz)
-        pts = torch.stack([ax[0][i], ax[1][rem // sz], ax[2][rem % sz]], dim=-1)  # [N, 3]
+    for i0, i1, j0, j1 in _chunks((sx, sy, sz), chunk_size):
+        ni, nj = i1 - i0, j1 - j0
+        n = ni * nj * sz
+        pts = torch.empty(ni, nj, sz, 3, dtype=torch.float32, device=device)
+        pts[..., 0] = ax[0][i0:i1, None, None]
+        pts[..., 1] = ax[1][None, j0:j1, None]
+        pts[..., 2] = ax[2][None, None, :]
+        pts = pts.view(n, 3)
         if skip_fn is not None:
             skip = skip_fn(pts).reshape(-1).to(device=device, dtype=torch.bool)
-            if skip.shape[0] != pts.shape[0]:
+            if skip.shape[0] != n:
                 raise ValueError(f"skip_fn must return [N] booleans, got shape {tuple(skip.shape)}")
-            out = torch.full((e - s,), threshold + skip_value, dtype=torch.float32, device=device)
             keep = ~skip
-            n_keep = int(keep.sum())
-            if n_keep:
-                out[keep] = _call_field(field_fn, pts[keep]).to(device)
-            evaluated = out[keep]
-            stats.n_skipped += (e - s) - n_keep
+            out = torch.full((n,), threshold + skip_value, dtype=torch.float32, device=device)
+            evaluated_pts = pts[keep]
+            evaluated = _call_field(field_fn, evaluated_pts).to(device) if len(evaluated_pts) \
+                else out[:0]
+            out[keep] = evaluated
+            stats.n_skipped += n - evaluated.numel()
         else:
-            out = _call_field(field_fn, pts).to(device)
-            evaluated = out
+            evaluated_pts = pts
+            evaluated = out = _call_field(field_fn, pts).to(device)
         if evaluated.numel():
-            nan = torch.isnan(evaluated)
-            if bool(nan.any()):
-                bad = pts[keep][nan] if skip_fn is not None else pts[nan]
+            lo, hi = torch.aminmax(evaluated)  # NaN anywhere makes them NaN
+            lo, hi = torch.stack([lo, hi]).tolist()
+            if math.isnan(lo) or math.isnan(hi):
+                nan = torch.isnan(evaluated)
                 raise NonFiniteFieldError(
                     f"field_fn returned NaN at {int(nan.sum())} of {evaluated.numel()} points in "
-                    f"a chunk (first at {[round(float(x), 6) for x in bad[0]]}); the model has "
-                    "probably diverged (check the training losses and weights for NaN)")
-            stats.vmin = min(stats.vmin, float(evaluated.min()))
-            stats.vmax = max(stats.vmax, float(evaluated.max()))
+                    f"a chunk (first at {[round(float(x), 6) for x in evaluated_pts[nan][0]]}); "
+                    "the model has probably diverged (check the training losses and weights for "
+                    "NaN)")
+            stats.vmin, stats.vmax = min(stats.vmin, lo), max(stats.vmax, hi)
             stats.n_evaluated += evaluated.numel()
-        stats.n_inside += int((out < threshold).sum())
-        values[s:e] = out.to(out_device)
-        progress.update(e - s)
+        offset = (i0 * sy + j0) * sz
+        values[offset:offset + n] = out.to(out_device)
+        progress.update(n)
     return values.view(sx, sy, sz), stats
 
 
@@ -371,7 +428,8 @@ def _infer_device(field_fn, bounds) -> torch.device:
     return torch.device("cpu")
 
 
-def _empty_error(stats: _FieldStats, threshold: float, res, lo, hi, where: str) -> EmptySurfaceError:
+def _empty_error(stats: _FieldStats, threshold: float, res, lo, hi,
+                 where: str) -> EmptySurfaceError:
     hint = ""
     if stats.n_evaluated:
         if stats.vmin >= threshold:
@@ -446,8 +504,9 @@ def extract_isosurface(
     """Mesh the surface ``field_fn(x) == threshold`` inside ``bounds``.
 
     field_fn: points [N, 3] (float32, scene coordinates, on ``device``) -> values [N] (or
-        [N, 1]); SDF-like: inside where value < threshold. Called under ``torch.no_grad()`` on
-        at most ``chunk_size`` points at a time.
+        [N, 1]); SDF-like: inside where value < threshold. Called under ``torch.no_grad()``
+        on chunks of at most ``chunk_size`` points (at least one grid row of Z points): whole
+        axis-0 slices of the grid, or rows of one slice, generated per chunk.
     bounds: ([3] min, [3] max) of the grid in scene coordinates (or a [2, 3] tensor/array).
     resolution: grid points per axis (int or three ints) over the full ``bounds``; spacing is
         ``(max - min) / (resolution - 1)``.
@@ -456,7 +515,9 @@ def extract_isosurface(
         (default: one coarse cell diagonal, which never misses a surface of a true SDF in scene
         units), grown by ``margin`` coarse cells, and sample only that box at the fine spacing.
         The fine samples are the very points of the full grid, so the mesh equals the one from a
-        single full-resolution pass whenever the box holds the whole surface.
+        single full-resolution pass whenever the box holds the whole surface. For fields that are
+        not distance-like (thin features may fall between coarse samples), pass a larger
+        ``band`` (in field units) or ``coarse_to_fine=False``.
     skip_fn: points [N, 3] -> [N] bool, True where space is known to be empty (e.g. from an
         occupancy grid); those points get ``threshold + skip_value`` without calling field_fn.
     color_fn: optional points [V, 3] -> colours [V, 3] in [0, 1], evaluated at the vertices.
@@ -513,13 +574,16 @@ def _extract(field_fn, bounds, resolution, threshold, chunk_size, coarse_to_fine
                                       skip_fn, skip_value, grid_device, bar)
     finally:
         bar.close()
-    if stats.n_inside == 0 or stats.n_inside == values.numel():
-        raise _empty_error(stats, threshold, res, lo, hi, "grid")
+    where = "grid" if np.all(shape == np.asarray(res)) else "part of the grid the coarse pass kept"
+    if not stats.crosses(threshold):
+        raise _empty_error(stats, threshold, res, lo, hi, where)
 
+    t_eval = time.perf_counter()
     verts, faces = _marching_cubes_f64(values, threshold, name)
+    t_mc = time.perf_counter()
     del values
     if faces.shape[0] == 0:
-        raise _empty_error(stats, threshold, res, lo, hi, "grid")
+        raise _empty_error(stats, threshold, res, lo, hi, where)
     spacing = torch.as_tensor((hi - lo) / (np.asarray(res) - 1), dtype=torch.float64)
     verts = verts.cpu() + torch.as_tensor(start, dtype=torch.float64)
     verts = (torch.as_tensor(lo, dtype=torch.float64) + verts * spacing).to(torch.float32)
@@ -532,6 +596,7 @@ def _extract(field_fn, bounds, resolution, threshold, chunk_size, coarse_to_fine
             c = color_fn(verts[s:s + chunk_size].to(device))
             parts.append(c.reshape(-1, 3).to(torch.float32).clamp(0.0, 1.0).cpu())
         colors = torch.cat(parts)
-    logger.info("isosurface: %d vertices, %d faces in %.2f s", verts.shape[0], faces.shape[0],
-                time.perf_counter() - t0)
+    logger.info("isosurface: %d vertices, %d faces in %.2f s (field %.2f s, marching cubes "
+                "%.2f s)", verts.shape[0], faces.shape[0], time.perf_counter() - t0,
+                t_eval - t0, t_mc - t_eval)
     return Mesh(verts, faces, colors)

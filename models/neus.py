@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,9 @@ class NeuSModel(VolumeRenderer):
         variance: VarianceConfig = dataclasses.field(default_factory=VarianceConfig)
         cos_anneal_end: int = 20000  # steps over which the cosine annealing ratio goes 0 -> 1
         compute_laplace: bool = False  # needed by the curvature loss
+        # what the occupancy grid keeps: 'alpha' = cells whose NeuS opacity is high (inside too);
+        # 'shell' = only cells within about a cell of the surface, so rays skip the interior
+        grid_mode: Literal["alpha", "shell"] = "alpha"
 
     def __init__(self, cfg: "NeuSModel.Config") -> None:
         super().__init__(cfg)
@@ -70,6 +73,11 @@ class NeuSModel(VolumeRenderer):
     def occupancy_fn(self, points: Tensor) -> Tensor:
         """points [N, 3] -> NeuS opacity of a step of render_step_size facing the surface [N]."""
         sdf = self.geometry.sdf(points)
+        if self.cfg.grid_mode == "shell" and self.grid is not None:
+            # as if approaching the surface head-on from the nearest point of the cell
+            box = self.grid.aabbs[0]
+            cell_diag = float(((box[3:] - box[:3]) / torch.tensor(self.grid.resolution, device=box.device)).norm())
+            sdf = (sdf.abs() - cell_diag).clamp_min(0.0)
         inv_s = self.inv_s.clamp(1e-6, 1e6)
         half = self.render_step_size * 0.5
         prev_cdf = torch.sigmoid((sdf + half) * inv_s)

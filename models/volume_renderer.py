@@ -26,6 +26,8 @@ class RendererConfig:
     grid_warmup_steps: int = 256
     grid_occ_thre: float = 0.001
     grid_ema_decay: float = 0.95
+    # carve the grid with the training masks' visual hull before training (when the data has masks)
+    grid_init_from_masks: bool = False
     eval_chunk_size: int = 8192  # rays per chunk when rendering whole images
     backend: Literal["auto", "torch", "nerfacc"] = "auto"
 
@@ -58,6 +60,47 @@ class VolumeRenderer(nn.Module):
                 ema_decay=self.cfg.grid_ema_decay,
                 warmup_steps=self.cfg.grid_warmup_steps,
             )
+
+    @torch.no_grad()
+    def init_grid_from_masks(self, c2w: Tensor, intrinsics: Tensor, alpha: Tensor) -> float:
+        """Mark cells outside the masks' visual hull as empty for good; returns the fraction kept.
+
+        c2w [N, 3, 4] (OpenCV), intrinsics [N, 4], alpha [N, H, W] foreground coverage. A cell is
+        carved when, in some view that sees it, its centre projects farther from every foreground
+        pixel than the cell's projected half-diagonal (so the carving is conservative).
+        """
+        import cv2
+        import numpy as np
+
+        if self.grid is None:
+            return 1.0
+        grid = self.grid
+        res = torch.tensor(grid.resolution, dtype=torch.float32)
+        box = grid.aabbs[0].float().cpu()
+        cell = (box[3:] - box[:3]) / res
+        axes = [torch.arange(int(n), dtype=torch.float32) + 0.5 for n in grid.resolution]
+        centres = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3) * cell + box[:3]
+        half_diag = float(cell.norm()) * 0.5
+        keep = torch.ones(centres.shape[0], dtype=torch.bool)
+        height, width = alpha.shape[1:]
+        for c2w_i, k, a in zip(c2w.float().cpu(), intrinsics.float().cpu(), alpha.float().cpu()):
+            rot, t = c2w_i[:, :3], c2w_i[:, 3]
+            cam = (centres - t) @ rot  # world -> camera: R^T (p - t)
+            z = cam[:, 2]
+            front = z > 1e-6
+            u = k[0] * cam[:, 0] / z.clamp_min(1e-6) + k[2]
+            v = k[1] * cam[:, 1] / z.clamp_min(1e-6) + k[3]
+            inside = front & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+            background = (a.numpy() < 0.5).astype(np.uint8)
+            # distance (pixels) from each pixel to the nearest foreground pixel
+            dist = torch.from_numpy(cv2.distanceTransform(background, cv2.DIST_L2, 5))
+            ui = u.clamp(0, width - 1).long()
+            vi = v.clamp(0, height - 1).long()
+            radius_px = k[0] * half_diag / z.clamp_min(1e-6) + 1.0
+            keep &= ~(inside & (dist[vi, ui] > radius_px))
+        mask = keep.reshape(tuple(int(n) for n in grid.resolution)).to(grid.binaries.device)
+        grid.set_binary(mask, freeze_empty=True)
+        return float(keep.float().mean())
 
     # ------------------------------------------------------------------ rendering
     def march(self, rays_o: Tensor, rays_d: Tensor, alpha_fn: Optional[Callable] = None):

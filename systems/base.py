@@ -85,6 +85,18 @@ class BaseSystem(pl.LightningModule):
         return weight_at(getattr(self.cfg.loss, f"lambda_{name}"), self.global_step)
 
     # ------------------------------------------------------------------ training
+    def setup(self, stage: str) -> None:
+        # carving happens before a checkpoint is restored, so a resumed grid wins over a fresh hull
+        if stage != "fit" or not getattr(self.model.cfg, "grid_init_from_masks", False):
+            return
+        dm = self.datamodule_ref or getattr(self.trainer, "datamodule", None)
+        train = dm.split("train")
+        if not train.has_mask:
+            log.warning("model.grid_init_from_masks is set but the training images have no masks: skipped")
+            return
+        kept = self.model.init_grid_from_masks(train.c2w, train.intrinsics, train.alpha)
+        log.info("occupancy grid started from the masks' visual hull: %.1f%% of the box kept", 100 * kept)
+
     def on_train_batch_start(self, batch: Dict[str, Tensor], batch_idx: int) -> None:
         self.model.update_step(self.current_epoch, self.global_step)
 
@@ -187,7 +199,7 @@ class BaseSystem(pl.LightningModule):
 
     def _log_mean(self, outputs: List[Dict[str, float]], prefix: str) -> Dict[str, float]:
         """Mean of per-image metrics over all images of all processes."""
-        keys = sorted({k for o in outputs for k in o})
+        keys = sorted({k for o in outputs for k in o if k != "index"})
         means: Dict[str, float] = {}
         for key in keys:
             values = torch.tensor([[sum(o[key] for o in outputs if key in o), float(sum(key in o for o in outputs))]],
@@ -274,7 +286,7 @@ class BaseSystem(pl.LightningModule):
                 coarse_to_fine=cfg.coarse_to_fine, skip_fn=skip, device=self.device, backend=cfg.backend, progress=True,
             )
             if cfg.vertex_colors:
-                mesh.colors = self.model.surface_colors(mesh.vertices.to(self.device)).cpu()
+                mesh.vertex_colors = self.model.surface_colors(mesh.vertices.to(self.device)).cpu()
             if cfg.world_coordinates:
                 mesh = mesh.transformed(self.context.scene_to_world)
         finally:

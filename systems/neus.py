@@ -73,7 +73,7 @@ class NeuSSystem(BaseSystem):
         return terms
 
     def log_extra_train_stats(self) -> None:
-        self.log("train/inv_s", float(self.model.inv_s), prog_bar=True)
+        self.log("train/inv_s", float(self.model.inv_s.detach()), prog_bar=True)
         self.log("train/cos_anneal_ratio", float(self.model.cos_anneal_ratio))
 
 

@@ -152,3 +152,20 @@ def test_valid_config_parses_with_defaults():
     parsed = parse_component(Outer, {"name": "x", "ratio": 2})
     assert parsed.ratio == 2.0 and isinstance(parsed.ratio, float)
     assert parsed.inner == Inner() and parsed.part.teeth == 12
+
+
+def test_switching_a_component_drops_the_old_options(tmp_path):
+    write(tmp_path, "base.yaml", "name: a\npart: {name: gear, teeth: 40, shape: square}\ninner: {size: 2.0}\n")
+    preset = write(tmp_path, "p.yaml", "extends: base.yaml\ninner: {tags: [t]}\n")
+    merged = parse_component(Outer, load_config(preset))
+    assert merged.part.teeth == 40 and merged.inner.size == 2.0 and merged.inner.tags == ["t"]
+    other = Registry.all["test-widget"]
+
+    @other.register("spring")
+    class Spring:
+        @dataclasses.dataclass
+        class Config:
+            stiffness: float = 1.0
+
+    swapped = parse_component(Outer, load_config(preset, ["part.name=spring", "part.stiffness=3"]))
+    assert swapped.part.name == "spring" and swapped.part.stiffness == 3.0

@@ -29,8 +29,8 @@ def sphere_sdf(center, radius):
 
 
 def two_spheres(p):
-    a = sphere_sdf([-0.35, -0.3, 0.1], 0.3)(p)
-    b = sphere_sdf([0.45, 0.3, -0.2], 0.25)(p)
+    a = sphere_sdf([-0.3, -0.3, 0.2], 0.2)(p)
+    b = sphere_sdf([0.25, 0.1, 0.0], 0.15)(p)
     return torch.minimum(a, b)
 
 
@@ -48,9 +48,17 @@ def check_hand_case(verts, faces):
     got = verts[faces[0]]
     # same three points (any order)
     for e in hand_grid()[1]:
-        assert np.min(np.linalg.norm(got - e, axis=1)) < 1e-5, (got, e)
+        assert np.min(np.linalg.norm(got - e, axis=1)) < 2e-4, (got, e)
     n = np.cross(got[1] - got[0], got[2] - got[0])
     assert np.dot(n, [1, 1, 1]) > 0  # points away from the inside corner
+
+
+def max_nn_distance(a, b):
+    """Symmetric largest nearest-neighbour distance between two vertex sets."""
+    from scipy.spatial import cKDTree
+
+    a, b = a.double().numpy(), b.double().numpy()
+    return max(cKDTree(b).query(a)[0].max(), cKDTree(a).query(b)[0].max())
 
 
 def sorted_rows(v):
@@ -89,7 +97,7 @@ def test_backends_agree_on_sphere():
     outs = [marching_cubes(values, 0.0, backend=b) for b in ("pymcubes", "torchmcubes")]
     (v1, f1), (v2, f2) = outs
     assert v1.shape == v2.shape and f1.shape == f2.shape
-    assert np.allclose(sorted_rows(v1), sorted_rows(v2), atol=1e-4)
+    assert max_nn_distance(v1, v2) < 1e-4
     for v, f in outs:
         assert Mesh(v, f).to_trimesh().volume > 0  # outward on both
 
@@ -103,6 +111,8 @@ def test_torchmcubes_conversion_with_emulated_library(monkeypatch):
     def fake(vol, thr):
         v, f = mcubes.marching_cubes(vol.numpy(), thr)  # index order, winding to lower values
         soup = torch.from_numpy(v[f.astype(np.int64).reshape(-1)][:, ::-1].copy()).float()
+        # copies of one vertex made in neighbouring cells differ in their last bits
+        soup = soup + 3e-5 * torch.randn(soup.shape, generator=torch.Generator().manual_seed(0))
         faces = torch.arange(soup.shape[0], dtype=torch.int32).reshape(-1, 3)
         return soup, faces
 
@@ -113,7 +123,7 @@ def test_torchmcubes_conversion_with_emulated_library(monkeypatch):
     vt, ft = marching_cubes(values, 0.0, backend="torchmcubes")
     vp, fp = marching_cubes(values, 0.0, backend="pymcubes")
     assert vt.shape == vp.shape and ft.shape == fp.shape  # shared vertices merged
-    assert np.allclose(sorted_rows(vt), sorted_rows(vp), atol=1e-5)
+    assert max_nn_distance(vt, vp) < 1e-4
     mt = Mesh(vt, ft).to_trimesh()
     assert mt.is_watertight and mt.volume > 0
     check_hand_case(*marching_cubes(hand_grid()[0], 0.0, backend="torchmcubes"))
@@ -185,7 +195,7 @@ def test_coarse_to_fine_matches_single_full_pass():
     m_ctf = extract_isosurface(ctf, BOUNDS, res, coarse_to_fine=True, coarse_resolution=17,
                                margin=1)
     assert full.n_points == res**3
-    assert ctf.n_points < 0.6 * res**3  # the box really was smaller than the grid
+    assert ctf.n_points < 0.5 * res**3  # the box really was smaller than the grid
     assert m_ctf.num_vertices == m_full.num_vertices and m_ctf.num_faces == m_full.num_faces
     assert np.allclose(sorted_rows(m_ctf.vertices), sorted_rows(m_full.vertices), atol=1e-5)
 
@@ -207,8 +217,8 @@ def test_skip_fn_regions_get_no_surface_and_no_queries():
     assert field.max_x <= 0.0  # the field never saw a skipped point
     assert mesh.vertices[:, 0].max() <= spacing  # the sphere at x > 0 is gone
     # the sphere at x < 0 is still complete and closed
-    d = (mesh.vertices.double() - torch.tensor([-0.35, -0.3, 0.1]).double()).norm(dim=-1)
-    assert (d - 0.3).abs().max() < 0.1 * spacing
+    d = (mesh.vertices.double() - torch.tensor([-0.3, -0.3, 0.2]).double()).norm(dim=-1)
+    assert (d - 0.2).abs().max() < 0.1 * spacing
     assert mesh.to_trimesh().is_watertight
 
 

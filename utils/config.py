@@ -6,6 +6,10 @@ A config file is OmegaConf YAML. A preset may name a base with ``extends: base/n
 Every component declares a ``Config`` dataclass. ``parse_component`` checks a raw mapping
 against it and returns an instance; all problems are gathered into one ``ConfigError`` that
 names each full key path and, for unknown keys and bad choices, the nearest valid names.
+When configs are merged (bases, then the preset, then overrides), a mapping that names another
+component (a different ``name``) replaces the base's mapping instead of merging into it, so
+switching e.g. ``xyz_encoding.inner.name`` from hashgrid to triplane drops the hash-grid options.
+
 A field made with ``component("model")`` holds a nested component chosen by its ``name``
 from that registry, and is checked against the chosen class's own ``Config``.
 """
@@ -87,8 +91,30 @@ def load_yaml_with_extends(path: str | os.PathLike, _chain: Sequence[Path] = ())
     merged = OmegaConf.create()
     for base in bases:
         base_cfg = load_yaml_with_extends(path.parent / str(base), (*_chain, resolved))
-        merged = OmegaConf.merge(merged, base_cfg)
-    return OmegaConf.merge(merged, cfg)
+        merged = merge_configs(merged, base_cfg)
+    return merge_configs(merged, cfg)
+
+
+def _merge_plain(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            if "name" in value and "name" in old and value["name"] != old["name"]:
+                out[key] = value  # another component: the old one's options do not apply
+            else:
+                out[key] = _merge_plain(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def merge_configs(base: DictConfig, over: DictConfig) -> DictConfig:
+    """``over`` merged into ``base`` (interpolations kept). Like OmegaConf.merge, except that a
+    mapping whose ``name`` differs from the base's (a different component) replaces it whole."""
+    plain_base = OmegaConf.to_container(base, resolve=False)
+    plain_over = OmegaConf.to_container(over, resolve=False)
+    return OmegaConf.create(_merge_plain(plain_base, plain_over))
 
 
 def parse_overrides(overrides: Sequence[str]) -> DictConfig:
@@ -109,7 +135,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     """The preset at ``path`` with its bases and the ``key=value`` overrides merged in."""
     cfg = load_yaml_with_extends(path)
     if overrides:
-        cfg = OmegaConf.merge(cfg, parse_overrides(overrides))
+        cfg = merge_configs(cfg, parse_overrides(overrides))
     return cfg
 
 

@@ -102,7 +102,7 @@ def apply_similarity(vertices: ArrayLike, matrix: ArrayLike, check: bool = True)
 # --------------------------------------------------------------------------------------------
 # Mesh container
 # --------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(eq=False)
 class Mesh:
     """A triangle mesh.
 
@@ -141,6 +141,11 @@ class Mesh:
                     f"got {tuple(c.shape)}"
                 )
             self.vertex_colors = c[:, :3]
+
+    def __repr__(self) -> str:
+        colors = "" if self.vertex_colors is None else ", with vertex colours"
+        return (f"Mesh({self.num_vertices} vertices, {self.num_faces} faces{colors}, "
+                f"device={self.vertices.device})")
 
     @property
     def num_vertices(self) -> int:

@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .backend import BackendName, resolve_backend
 
@@ -97,6 +98,7 @@ class _TransmittanceFromAlpha(torch.autograd.Function):
     Factors equal to zero (alpha >= 1) are counted separately instead of taking log(0), so the
     forward pass is exact and the gradient with respect to the first opaque sample of a ray (the
     one factor every later transmittance depends on) is the true product of the other factors.
+    First-order gradients only (double backward raises).
     """
 
     @staticmethod
@@ -114,6 +116,7 @@ class _TransmittanceFromAlpha(torch.autograd.Function):
         return trans.to(alphas.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_trans: Tensor):  # type: ignore[override]
         f, zero, trans, log_prefix, n_zeros = ctx.saved_tensors
         seg: _Segments = ctx.seg

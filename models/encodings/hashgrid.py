@@ -1,0 +1,310 @@
+"""Multiresolution hash grid (Instant-NGP) and its progressive variant, in pure PyTorch.
+
+Layout and indexing follow tiny-cuda-nn's "HashGrid" encoding, so parameters can be moved
+between the two backends:
+
+- level ``l`` has scale ``s_l = base_resolution * per_level_scale^l - 1`` (float32 math) and
+  ``R_l = ceil(s_l) + 1`` lattice vertices per axis; a point maps to ``p = x * s_l + 0.5``,
+  its cell is ``floor(p)`` and its fraction ``p - floor(p)``;
+- the level holds ``min(next_multiple_of_8(R_l^D), 2^log2_hashmap_size)`` entries; when
+  ``R_l^D`` fits in the table the level is dense (index ``sum_d c_d R_l^d``, modulo the level
+  size: vertex ``R_l`` can occur at the upper edge and wraps, as in tiny-cuda-nn), otherwise
+  the spatial hash ``xor_d (c_d * prime_d) mod 2^log2_hashmap_size`` with primes
+  (1, 2654435761, 805459861, ...);
+- one flattened table ``[sum of level sizes, n_features_per_level]``, levels one after the
+  other; output features are level-major: ``out[:, l * F_l + f]``.
+
+Inputs are clamped to [0, 1] (the gradient is zero outside).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Literal, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.encodings import register
+from models.encodings.base import Encoding
+from models.encodings.gather import GridSampler, combine_corner_terms, grid_gather, nlinear_weights
+
+logger = logging.getLogger(__name__)
+
+HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
+
+
+@dataclass
+class GridLevel:
+    scale: float  # s_l (a float32 value)
+    resolution: int  # R_l: lattice vertices per axis
+    size: int  # entries in the table
+    offset: int  # first entry in the flattened table
+    hashed: bool
+    wraps: bool  # a dense level whose upper-edge vertex index can reach R_l
+
+
+def hash_grid_levels(
+    n_dims: int, n_levels: int, log2_hashmap_size: int, base_resolution: float, per_level_scale: float
+) -> List[GridLevel]:
+    """The level layout of a hash grid (as tiny-cuda-nn lays it out)."""
+    hashmap = 1 << log2_hashmap_size
+    log2_scale = np.float32(np.log2(np.float32(per_level_scale)))
+    levels, offset = [], 0
+    for lvl in range(n_levels):
+        scale = float(
+            np.float32(np.exp2(np.float32(lvl) * log2_scale)) * np.float32(base_resolution)
+            - np.float32(1.0)
+        )
+        res = int(math.ceil(scale)) + 1
+        dense_size = res**n_dims
+        size = min(-(-dense_size // 8) * 8, hashmap)
+        hashed = dense_size > hashmap
+        # the largest vertex coordinate reached for x in [0, 1] is floor(scale + 0.5) + 1
+        wraps = (not hashed) and (math.floor(scale + 0.5) + 1 > res - 1)
+        levels.append(GridLevel(scale, res, size, offset, hashed, wraps))
+        offset += size
+    return levels
+
+
+class HashGridSampler(GridSampler):
+    """Corners and weights of the hash grid's levels (see the module docstring)."""
+
+    def __init__(self, n_dims: int, levels: List[GridLevel], log2_hashmap_size: int, smoothstep: bool):
+        if n_dims > len(HASH_PRIMES):
+            raise ValueError(f"hash grid supports at most {len(HASH_PRIMES)} input dims, got {n_dims}")
+        self.n_dims = n_dims
+        self.levels = levels
+        self.mask = (1 << log2_hashmap_size) - 1
+        self.smoothstep = smoothstep
+        hashed = [lv.hashed for lv in levels]
+        # resolutions grow with the level, so dense levels come first
+        self.n_dense = hashed.index(True) if True in hashed else len(levels)
+        if any(hashed[: self.n_dense]) or not all(hashed[self.n_dense :]):
+            raise ValueError("hash grid levels must be dense first, then hashed (per_level_scale >= 1)")
+        self._meta: Dict[Tuple[torch.device, torch.dtype], Dict[str, torch.Tensor]] = {}
+
+    def n_out_groups(self, n_groups: int) -> int:
+        return n_groups
+
+    def n_corners(self) -> int:
+        return 1 << self.n_dims
+
+    def meta(self, device: torch.device, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
+        key = (device, dtype)
+        if key not in self._meta:
+            lv = self.levels
+            D = self.n_dims
+            strides = [[lvl.resolution**d for d in range(D)] for lvl in lv]
+            self._meta[key] = {
+                "scale": torch.tensor([lvl.scale for lvl in lv], dtype=dtype, device=device),
+                "offset": torch.tensor([lvl.offset for lvl in lv], dtype=torch.int32, device=device),
+                "size": torch.tensor([lvl.size for lvl in lv], dtype=torch.int32, device=device),
+                "stride": torch.tensor(strides, dtype=torch.int32, device=device),
+                # the primes as int32 bit patterns (two's complement of the uint32 values)
+                "primes": torch.tensor(
+                    [p - (1 << 32) if p >= 1 << 31 else p for p in HASH_PRIMES[:D]],
+                    dtype=torch.int32,
+                    device=device,
+                ),
+            }
+        return self._meta[key]
+
+    def corners(self, x, n_groups, need_dw):
+        C, D = x.shape
+        L = n_groups
+        m = self.meta(x.device, x.dtype)
+        scale = m["scale"][:L]
+        xt = x.t()  # [D, C]
+        pos = xt.clamp(0.0, 1.0).unsqueeze(-1) * scale + 0.5  # [D, C, L]
+        fl = torch.floor(pos)
+        f = pos - fl
+        ci = fl.to(torch.int32)
+        s = f * f * (3.0 - 2.0 * f) if self.smoothstep else f
+        ds = None
+        if need_dw:
+            inside = ((xt >= 0) & (xt <= 1)).to(x.dtype).unsqueeze(-1)  # clamp: no gradient outside
+            ds = (6.0 * f * (1.0 - f)) * scale if self.smoothstep else scale.expand_as(f)
+            ds = ds * inside
+        w, dw = nlinear_weights(s, ds)  # [K, C, L], [D, K, C, L]
+        K = 1 << D
+        idx = torch.empty(K, C, L, dtype=torch.int32, device=x.device)
+        Ld = min(L, self.n_dense)
+        if Ld > 0:
+            stride = m["stride"][:Ld].t().unsqueeze(1)  # [D, 1, Ld]
+            t = ci[:, :, :Ld] * stride
+            terms = torch.stack([t, t + stride], dim=1)  # [D, 2, C, Ld]
+            wraps = any(lv.wraps for lv in self.levels[:Ld])
+            if not wraps:
+                terms[0] += m["offset"][:Ld]
+            out = idx[:, :, :Ld]
+            combine_corner_terms(terms, "add", out)
+            if wraps:
+                torch.remainder(out, m["size"][:Ld], out=out)
+                out.add_(m["offset"][:Ld])
+        if L > Ld:
+            # int32 products wrap around like tiny-cuda-nn's uint32 ones; the low
+            # log2_hashmap_size bits, all that the mask keeps, are the same
+            hp = ci[:, :, Ld:L] * m["primes"].view(D, 1, 1)
+            h = torch.stack([hp, hp + m["primes"].view(D, 1, 1)], dim=1).bitwise_and_(self.mask)
+            out = idx[:, :, Ld:L]
+            combine_corner_terms(h, "xor", out)
+            out.add_(m["offset"][Ld:L])
+        return idx, w, dw
+
+
+def _per_level_scale(cfg) -> float:
+    if cfg.finest_resolution is not None:
+        if cfg.n_levels < 2:
+            return 1.0
+        return math.exp(math.log(cfg.finest_resolution / cfg.base_resolution) / (cfg.n_levels - 1))
+    return cfg.per_level_scale
+
+
+@register("hashgrid")
+class HashGrid(Encoding):
+    """Multiresolution hash grid: x [N, D] in [0, 1]^D -> [N, n_levels * n_features_per_level]."""
+
+    @dataclass
+    class Config:
+        n_levels: int = 16
+        n_features_per_level: int = 2
+        log2_hashmap_size: int = 19
+        base_resolution: int = 16
+        per_level_scale: float = 1.447269237440378
+        # if set, per_level_scale = (finest_resolution / base_resolution) ** (1 / (n_levels - 1))
+        finest_resolution: Optional[float] = None
+        init_std: float = 1e-4  # parameters start uniform in [-init_std, init_std] (as iNGP)
+        interpolation: Literal["linear", "smoothstep"] = "linear"
+        # "auto": tiny-cuda-nn when it imports and CUDA is present, else PyTorch
+        backend: Literal["auto", "torch", "tcnn"] = "auto"
+
+    def __init__(self, cfg: "HashGrid.Config", n_input_dims: int = 3):
+        super().__init__()
+        self.cfg = cfg
+        self.n_input_dims = n_input_dims
+        self.n_levels = cfg.n_levels
+        self.n_features_per_level = cfg.n_features_per_level
+        self.n_output_dims = cfg.n_levels * cfg.n_features_per_level
+        self.per_level_scale = _per_level_scale(cfg)
+        self.levels = hash_grid_levels(
+            n_input_dims, cfg.n_levels, cfg.log2_hashmap_size, cfg.base_resolution, self.per_level_scale
+        )
+        n_entries = self.levels[-1].offset + self.levels[-1].size
+        if n_entries * cfg.n_features_per_level >= 2**31:
+            raise ValueError("hash grid table too large for int32 indexing")
+        self.sampler = HashGridSampler(
+            n_input_dims, self.levels, cfg.log2_hashmap_size, cfg.interpolation == "smoothstep"
+        )
+        from models.encodings.tcnn import make_tcnn_encoding
+
+        self.tcnn = make_tcnn_encoding(self, cfg.backend)
+        if self.tcnn is None:
+            self.table = nn.Parameter(torch.empty(n_entries, cfg.n_features_per_level))
+            nn.init.uniform_(self.table, -cfg.init_std, cfg.init_std)
+
+    @property
+    def uses_tcnn(self) -> bool:
+        return self.tcnn is not None
+
+    def level_resolution(self, level: int) -> float:
+        """The nominal resolution of a level, base_resolution * per_level_scale^level."""
+        return self.cfg.base_resolution * self.per_level_scale**level
+
+    def tcnn_config(self) -> dict:
+        return {
+            "otype": "HashGrid",
+            "n_levels": self.cfg.n_levels,
+            "n_features_per_level": self.cfg.n_features_per_level,
+            "log2_hashmap_size": self.cfg.log2_hashmap_size,
+            "base_resolution": self.cfg.base_resolution,
+            "per_level_scale": self.per_level_scale,
+            "interpolation": "Smoothstep" if self.cfg.interpolation == "smoothstep" else "Linear",
+        }
+
+    def _n_active(self) -> int:
+        return self.n_levels
+
+    def _pad(self, feats: torch.Tensor, n_active: int) -> torch.Tensor:
+        """[..., n_active * F] -> [..., n_levels * F] with zeros for inactive levels (last dim)."""
+        if n_active == self.n_levels:
+            return feats
+        pad = self.n_output_dims - feats.shape[-1]
+        return torch.nn.functional.pad(feats, (0, pad))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, D] in [0, 1]^D -> features [N, F]."""
+        if self.tcnn is not None:
+            from models.encodings.tcnn import tcnn_encode
+
+            return tcnn_encode(self.tcnn, x) * self._level_mask(x)
+        n_active = self._n_active()
+        feats, _ = grid_gather(x, self.table, self.sampler, n_active)
+        return self._pad(feats.reshape(x.shape[0], -1), n_active)
+
+    def forward_with_jacobian(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x [N, D] -> (features [N, F], d features / d x [N, F, D] (a permuted view))."""
+        if self.tcnn is not None:
+            from models.encodings.tcnn import tcnn_no_jacobian
+
+            tcnn_no_jacobian(self)
+        n_active = self._n_active()
+        N, D = x.shape
+        feats, jac = grid_gather(x, self.table, self.sampler, n_active, with_jac=True)
+        feats = self._pad(feats.reshape(N, -1), n_active)
+        jac = self._pad(jac.reshape(D, N, -1), n_active).permute(1, 2, 0)
+        return feats, jac
+
+    def _level_mask(self, x: torch.Tensor) -> torch.Tensor:
+        n_active = self._n_active()
+        mask = torch.zeros(self.n_output_dims, dtype=torch.float32, device=x.device)
+        mask[: n_active * self.n_features_per_level] = 1
+        return mask
+
+    def extra_repr(self) -> str:
+        n_dense = self.sampler.n_dense
+        return (
+            f"{super().extra_repr()}, levels={self.n_levels} ({n_dense} dense), "
+            f"features_per_level={self.n_features_per_level}, "
+            f"resolutions={self.levels[0].resolution}..{self.levels[-1].resolution}, "
+            f"backend={'tcnn' if self.uses_tcnn else 'torch'}"
+        )
+
+
+@register("progressive-hashgrid")
+class ProgressiveHashGrid(HashGrid):
+    """Hash grid whose finer levels are switched on during training.
+
+    ``start_level`` levels are active until ``start_step``; then one more level every
+    ``update_steps`` steps. Inactive levels output zeros (and are not computed).
+    """
+
+    @dataclass
+    class Config(HashGrid.Config):
+        start_level: int = 4
+        start_step: int = 0
+        update_steps: int = 1000
+
+    def __init__(self, cfg: "ProgressiveHashGrid.Config", n_input_dims: int = 3):
+        super().__init__(cfg, n_input_dims)
+        if cfg.update_steps < 1:
+            raise ValueError("progressive-hashgrid: update_steps must be >= 1")
+        self.current_level = min(max(cfg.start_level, 1), self.n_levels)
+
+    def _n_active(self) -> int:
+        return self.current_level
+
+    def update_step(self, epoch: int, global_step: int) -> None:
+        cfg = self.cfg
+        extra = max(global_step - cfg.start_step, 0) // cfg.update_steps
+        self.current_level = min(max(cfg.start_level, 1) + extra, self.n_levels)
+
+    @property
+    def finest_active_resolution(self) -> float:
+        """Nominal resolution of the finest active level (e.g. for a finite-difference step)."""
+        return self.level_resolution(self.current_level - 1)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, active_levels={self.current_level}"

@@ -1,0 +1,2 @@
+"""Importing this module registers every network."""
+from models.networks import mlp, siren  # noqa: F401

@@ -1,0 +1,308 @@
+"""Benchmark of the pure-PyTorch rendering core on CPU.
+
+Scene: 4096 rays looking at a sphere shell occupying a 128^3 occupancy grid in [-1, 1]^3, marched
+with the step instant-nsr-pl uses (sqrt(3) * 2 / 1024), which gives ~64 occupied samples per ray.
+Times (median over repetitions, after a warm-up):
+  (a) marching + compositing forward and backward (weights from density, accumulated rgb,
+      opacity and depth, backward from a loss), the field replaced by fixed leaf tensors;
+  (b) a 64-wide, 2-hidden-layer MLP field (3 -> 64 -> 64 -> 4) forward and backward on the same
+      S points;
+and the peak memory of marching, of compositing and of (a) for two ray counts, to show it grows
+linearly with S (the resident-set high-water mark above the level before the call, reset before
+each call, in a fresh process per ray count with glibc returning freed blocks; Linux only, else
+"n/a" and only the bytes of the packed tensors are reported).
+
+    python scripts/bench_rendering.py [--rays 4096] [--reps 5] [--threads N] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from models.rendering import (  # noqa: E402
+    OccupancyGrid,
+    accumulate_along_rays,
+    ray_marching,
+    render_weight_from_density,
+)
+
+BOX = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
+STEP = math.sqrt(3) * 2 / 1024
+SHELL_RADIUS, SHELL_HALF_WIDTH = 0.6, 0.04
+
+
+# ------------------------------------------------------------------------------------------------
+# memory: resident-set high-water mark (Linux)
+# ------------------------------------------------------------------------------------------------
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _fixed_mmap_threshold() -> None:
+    """Make glibc serve large blocks with mmap and give them back on free, so the resident set
+    follows the live tensors instead of keeping freed heap pages."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (fixing it also stops dynamic raising)
+        libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+
+
+def _read_status_kb(field: str) -> Optional[int]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+        return True
+    except OSError:
+        return False
+
+
+def peak_extra_bytes(fn: Callable[[], object]) -> Optional[int]:
+    """Peak resident memory above the starting level while fn runs (None if unmeasurable)."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)  # hand freed heap pages back, so the start level is the live memory
+    if not _reset_peak():
+        return None
+    start = _read_status_kb("VmRSS")
+    fn()
+    peak = _read_status_kb("VmHWM")
+    if start is None or peak is None:
+        return None
+    return (peak - start) * 1024
+
+
+# ------------------------------------------------------------------------------------------------
+# scene
+# ------------------------------------------------------------------------------------------------
+def make_grid(res: int = 128) -> OccupancyGrid:
+    grid = OccupancyGrid(BOX, resolution=res)
+    c = (torch.arange(res) + 0.5) / res * 2 - 1
+    r = torch.stack(torch.meshgrid(c, c, c, indexing="ij")).norm(dim=0)
+    grid.set_binary((r - SHELL_RADIUS).abs() < SHELL_HALF_WIDTH)
+    return grid
+
+
+def make_rays(n: int, seed: int = 0):
+    """Rays from cameras on a sphere of radius 2.5 towards the shell (jittered)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(n, 3, generator=g), dim=-1) * 2.5
+    targets = torch.randn(n, 3, generator=g) * 0.3
+    return centres, F.normalize(targets - centres, dim=-1)
+
+
+class Field(torch.nn.Module):
+    """x [N, 3] -> sigma [N], rgb [N, 3]."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(3, width), torch.nn.ReLU(),
+            torch.nn.Linear(width, width), torch.nn.ReLU(),
+            torch.nn.Linear(width, 4),
+        )
+
+    def forward(self, x):
+        out = self.mlp(x)
+        return F.softplus(out[:, 0]), torch.sigmoid(out[:, 1:])
+
+
+# ------------------------------------------------------------------------------------------------
+# the measured pieces
+# ------------------------------------------------------------------------------------------------
+def march(rays_o, rays_d, grid):
+    return ray_marching(rays_o, rays_d, grid=grid, render_step_size=STEP, backend="torch")
+
+
+def composite(samples, raw_sigma, raw_rgb, target, n_rays):
+    ray_indices, t_starts, t_ends = samples
+    sigma, rgb = F.softplus(raw_sigma), torch.sigmoid(raw_rgb)
+    weights, _, _ = render_weight_from_density(t_starts, t_ends, sigma, ray_indices, n_rays, backend="torch")
+    color = accumulate_along_rays(weights, rgb, ray_indices, n_rays, backend="torch")
+    opacity = accumulate_along_rays(weights, None, ray_indices, n_rays, backend="torch")
+    depth = accumulate_along_rays(weights, ((t_starts + t_ends) / 2)[:, None], ray_indices, n_rays, backend="torch")
+    return F.mse_loss(color, target) + 1e-2 * opacity.mean() + 1e-3 * depth.mean()
+
+
+def pipeline_without_field(rays_o, rays_d, grid, raw_sigma, raw_rgb, target):
+    """(a): march, composite, backward into the (stand-in) field outputs."""
+    samples = march(rays_o, rays_d, grid)
+    loss = composite(samples, raw_sigma, raw_rgb, target, rays_o.shape[0])
+    loss.backward()
+    return samples
+
+
+def field_fwd_bwd(field, x):
+    sigma, rgb = field(x)
+    (sigma.mean() + rgb.mean()).backward()
+
+
+def median_ms(fn, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def run(n_rays: int, reps: int) -> Dict[str, object]:
+    torch.manual_seed(0)
+    grid = make_grid()
+    grid.pyramid()  # built once per grid state (cached), as during training between updates
+    field = Field()
+    results: Dict[str, object] = {"rays": n_rays, "threads": torch.get_num_threads(), "step": STEP}
+
+    rays_o, rays_d = make_rays(n_rays)
+    samples = march(rays_o, rays_d, grid)
+    n_samples = samples[0].numel()
+    ray_indices, t_starts, t_ends = samples
+    x = rays_o[ray_indices] + ((t_starts + t_ends) / 2)[:, None] * rays_d[ray_indices]
+    with torch.no_grad():
+        sigma0, rgb0 = field.mlp(x)[:, 0], field.mlp(x)[:, 1:]
+    raw_sigma = sigma0.clone().requires_grad_()
+    raw_rgb = rgb0.clone().requires_grad_()
+    target = torch.rand(n_rays, 3)
+    results["samples"] = n_samples
+    results["samples_per_ray"] = n_samples / n_rays
+    results["samples_per_hit_ray"] = n_samples / max(1, int(torch.unique(ray_indices).numel()))
+
+    def step_a():
+        raw_sigma.grad = raw_rgb.grad = None
+        pipeline_without_field(rays_o, rays_d, grid, raw_sigma, raw_rgb, target)
+
+    def step_composite():
+        raw_sigma.grad = raw_rgb.grad = None
+        composite(samples, raw_sigma, raw_rgb, target, n_rays).backward()
+
+    def step_b():
+        field.zero_grad(set_to_none=True)
+        field_fwd_bwd(field, x)
+
+    results["march_ms"] = median_ms(lambda: march(rays_o, rays_d, grid), reps)
+    results["composite_fwd_bwd_ms"] = median_ms(step_composite, reps)
+    results["a_march_composite_ms"] = median_ms(step_a, reps)
+    results["b_field_fwd_bwd_ms"] = median_ms(step_b, reps)
+    results["ratio_a_over_b"] = results["a_march_composite_ms"] / results["b_field_fwd_bwd_ms"]
+
+    # memory for this ray count and half of it, each in a fresh process (see measure_memory)
+    memory = [_memory_in_subprocess(n, torch.get_num_threads()) for n in (n_rays // 2, n_rays)]
+    results["memory"] = memory
+    return results
+
+
+def measure_memory(n_rays: int) -> Dict[str, object]:
+    """Peak memory (above the level before each call) of marching, of compositing fwd+bwd and of
+    both together, for n_rays rays; meant to run in a fresh process, after one warm-up run."""
+    _fixed_mmap_threshold()
+    grid = make_grid()
+    grid.pyramid()
+    rays_o, rays_d = make_rays(n_rays, seed=1)
+    samples = march(rays_o, rays_d, grid)
+    n_samples = samples[0].numel()
+    raw_sigma = torch.zeros(n_samples, requires_grad=True)
+    raw_rgb = torch.zeros(n_samples, 3, requires_grad=True)
+    target = torch.rand(n_rays, 3)
+    pipeline_without_field(rays_o, rays_d, grid, raw_sigma, raw_rgb, target)  # warm-up
+    peaks = {}
+    for name, fn in (
+        ("march", lambda: march(rays_o, rays_d, grid)),
+        ("composite_fwd_bwd", lambda: composite(samples, raw_sigma, raw_rgb, target, n_rays).backward()),
+        ("a", lambda: pipeline_without_field(rays_o, rays_d, grid, raw_sigma, raw_rgb, target)),
+    ):
+        raw_sigma.grad = raw_rgb.grad = None
+        peaks[name] = peak_extra_bytes(fn)
+    return {
+        "rays": n_rays,
+        "samples": n_samples,
+        "packed_bytes": n_samples * (8 + 4 + 4),  # ray_indices int64 + t_starts + t_ends float32
+        "peak_march_bytes": peaks["march"],
+        "peak_composite_fwd_bwd_bytes": peaks["composite_fwd_bwd"],
+        "peak_a_bytes": peaks["a"],
+        "peak_a_bytes_per_sample": None if peaks["a"] is None else peaks["a"] / n_samples,
+    }
+
+
+def _memory_in_subprocess(n_rays: int, threads: int) -> Dict[str, object]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(n_rays), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def print_table(r: Dict[str, object]) -> None:
+    print(f"rendering core benchmark (torch backend, CPU, {r['threads']} threads)")
+    print(f"  rays {r['rays']}, samples S = {r['samples']} ({r['samples_per_ray']:.1f} per ray, "
+          f"{r['samples_per_hit_ray']:.1f} per ray that hits), step {r['step']:.5f}")
+    rows = [
+        ("marching", r["march_ms"]),
+        ("compositing fwd+bwd", r["composite_fwd_bwd_ms"]),
+        ("(a) marching + compositing fwd+bwd", r["a_march_composite_ms"]),
+        ("(b) field (MLP 3-64-64-4) fwd+bwd", r["b_field_fwd_bwd_ms"]),
+    ]
+    print(f"  {'':38s} {'median ms':>10s}")
+    for name, ms in rows:
+        print(f"  {name:38s} {ms:10.1f}")
+    print(f"  {'ratio (a) / (b)':38s} {r['ratio_a_over_b']:10.2f}")
+    print("  peak memory above the start (MB), measured separately:")
+    print(f"  {'rays':>8s} {'S':>9s} {'packed':>8s} {'marching':>9s} {'compositing':>12s} {'(a)':>7s} {'(a) B/sample':>13s}")
+
+    def mb(x):
+        return "n/a" if x is None else f"{x / 2**20:.1f}"
+
+    for m in r["memory"]:
+        per = "n/a" if m["peak_a_bytes_per_sample"] is None else f"{m['peak_a_bytes_per_sample']:.0f}"
+        print(f"  {m['rays']:8d} {m['samples']:9d} {mb(m['packed_bytes']):>8s} {mb(m['peak_march_bytes']):>9s} "
+              f"{mb(m['peak_composite_fwd_bwd_bytes']):>12s} {mb(m['peak_a_bytes']):>7s} {per:>13s}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rays", type=int, default=4096)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child is not None:
+        print(json.dumps(measure_memory(args.memory_child)))
+        return
+    results = run(args.rays, args.reps)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_table(results)
+
+
+if __name__ == "__main__":
+    main()
