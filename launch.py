@@ -74,7 +74,9 @@ def cli_overrides(args: argparse.Namespace) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
+    args.argv = argv
     unknown_flags = [e for e in extras if e.startswith("--")]
     if unknown_flags:
         parser.error(f"unknown option(s) {unknown_flags}; config overrides are written key=value")

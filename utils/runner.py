@@ -135,7 +135,7 @@ def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: 
 
     try:
         run_paths = create_run(args.exp_dir, args.runs_dir, cfg.name, cfg.tag)
-        save_configs(raw, run_paths, [sys.executable, "launch.py", *sys.argv[1:]] if args else [])
+        save_configs(raw, run_paths, ["python", "launch.py", *getattr(args, "argv", [])])
         snapshot_code(repo_root, run_paths.code_dir)
     except (RunFolderError, OSError) as err:
         raise RunError(str(err)) from err
