@@ -63,10 +63,11 @@ def build_trainer(cfg: ExperimentConfig, run_paths, action: str):
     from pytorch_lightning.callbacks import LearningRateMonitor
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from utils.callbacks import AtomicModelCheckpoint
+    from utils.callbacks import AtomicModelCheckpoint, ConsoleProgress
 
     t = cfg.trainer
-    callbacks = []
+    interactive = t.enable_progress_bar and sys.stderr.isatty()
+    callbacks = [] if interactive else [ConsoleProgress()]
     logger = False
     if action == "train":
         callbacks.append(
@@ -98,7 +99,7 @@ def build_trainer(cfg: ExperimentConfig, run_paths, action: str):
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         gradient_clip_val=t.gradient_clip_val,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=interactive,  # tqdm in a log file is noise; ConsoleProgress logs instead
         deterministic=t.deterministic,
         callbacks=callbacks,
         logger=logger,

@@ -1,24 +1,27 @@
 """Weighted-gather sampling of feature tables: the engine of the hash grid, dense grid and tri-plane.
 
 A *sampler* maps points to rows of a feature table ``table [T, F]`` and interpolation weights:
-``corners(x [C, D], n_groups, need_dw) -> (idx [C, G, K] int32, w [C, G, K], dw [D, C, G, K])``.
-Group ``g`` of a point gives one feature vector ``sum_k w[., g, k] * table[idx[., g, k]]``
-(a level of a hash grid, a plane of a tri-plane, ...), and its derivative with respect to
-``x[:, d]`` is the same gather with the weights ``dw[d]``. Samplers are written with plain
-differentiable torch ops, so the weights are differentiable with respect to ``x``.
+``corners(x [C, D], n_groups, need_dw) -> (idx [K, C, G] int32, w [K, C, G], dw [D, K, C, G])``
+(K corners, C points, G groups). Group ``g`` of a point gives one feature vector
+``sum_k w[k, ., g] * table[idx[k, ., g]]`` (a level of a hash grid, a plane of a tri-plane, ...),
+and its derivative with respect to ``x[:, d]`` is the same gather with the weights ``dw[d]``.
+Samplers are written with plain differentiable torch ops, so the weights are differentiable
+with respect to ``x``.
 
 ``grid_gather(x, table, sampler, ...)`` runs that gather with a custom autograd Function:
 
 - forward: points are processed in chunks (intermediates of a few MiB, which the allocator
-  reuses instead of faulting fresh pages in) with ``F.embedding_bag`` (a fused weighted gather);
-  nothing but ``x`` and ``table`` is kept for the backward;
-- backward: the chunks' corners are recomputed and ``weight * grad`` is scattered into the table
-  gradient with a 1-D ``index_add_`` on a flattened (complex-paired) view, which on a CPU is far
-  faster than autograd through a gather; the input gradient is the gather of the table with
-  the derivative weights ``dw``;
+  reuses instead of faulting fresh pages in); the weighted gather is ``F.embedding_bag``
+  (fused, no [N, K, F] intermediate); the chunks' indices and weights are kept for the backward
+  (up to ``STORE_LIMIT_BYTES``, else the backward recomputes them);
+- backward: ``weight * grad`` is scattered into the table gradient with a 1-D ``index_add_`` on
+  a flattened view, feature pairs viewed as complex numbers (or ``index_put_`` with
+  accumulation for wide rows), which on a CPU is far faster than autograd through a gather;
+  the input gradient is the gather of the table with the derivative weights ``dw``;
 - when the backward itself must be differentiable (``create_graph=True``, i.e. double backward)
   or needs second derivatives of the weights, it recomputes the outputs with ordinary
-  differentiable torch ops and differentiates those instead, so higher-order autograd works.
+  differentiable torch ops and differentiates those instead, so higher-order autograd works
+  (slower, but exact).
 """
 from __future__ import annotations
 
@@ -30,9 +33,16 @@ import torch.nn.functional as F
 # target number of (point, group, corner) entries per chunk: int32 index / float weight tensors
 # of 2 MiB each; measured on a 2-core CPU to be well inside the fast range.
 CHUNK_ENTRIES = 1 << 18
+# on a GPU chunks only bound the memory of the intermediates (small chunks would mean many
+# kernel launches)
+CHUNK_ENTRIES_CUDA = 1 << 26
 # the forward keeps its gather indices and weights for the backward up to this many bytes
 # (about 2 KiB per point for a 16-level hash grid); above it the backward recomputes them
 STORE_LIMIT_BYTES = 1 << 30
+# with_jac: up to this many features per row the rows are gathered once and contracted with the
+# 1 + D weight sets (measured ~20% faster for the hash grid's 2 features); wider rows (tri-plane,
+# dense grid) use one embedding_bag per weight set, which measured faster there
+JAC_GATHER_ONCE_MAX_FEATURES = 4
 
 
 class GridSampler:
@@ -120,18 +130,14 @@ def combine_corner_terms(terms: torch.Tensor, op: str, out: torch.Tensor) -> tor
 def scatter_add_rows(grad_table: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> None:
     """grad_table [T, F] += scatter of src [..., F] into rows idx [...] (in place, not differentiable).
 
-    ``src`` may also be complex [..., F/2] (feature pairs). Measured on a 2-core CPU: for F < 16
-    a 1-D ``index_add_`` over a flattened view with feature pairs viewed as complex numbers
-    (half as many indices) is fastest; for F >= 16 ``index_put_(accumulate=True)`` on rows;
-    2-D ``index_add_`` is several times slower than both.
+    ``src`` may also be complex [..., F/2] (feature pairs). A 1-D ``index_add_`` over a
+    flattened view, feature pairs viewed as complex numbers (half as many indices). Measured on
+    a 2-core CPU: 2-D ``index_add_`` is several times slower; ``index_put_(accumulate=True)``
+    is as fast with one thread but about 3x slower with two (atomic adds).
     """
     T, Fd = grad_table.shape
     M = idx.numel()
     flat = idx.reshape(-1)
-    if Fd >= 16:
-        rows = torch.view_as_real(src) if src.is_complex() else src
-        grad_table.index_put_((flat,), rows.reshape(M, Fd), accumulate=True)
-        return
     if src.is_complex():
         h = Fd // 2
         dst = torch.view_as_complex(grad_table.view(T, h, 2)).view(-1)
@@ -154,9 +160,10 @@ def _chunks(n: int, size: int):
         yield s, min(s + size, n)
 
 
-def _chunk_size(sampler: GridSampler, n_groups: int) -> int:
+def _chunk_size(sampler: GridSampler, n_groups: int, device: torch.device) -> int:
     per_point = max(1, sampler.n_out_groups(n_groups) * sampler.n_corners())
-    return max(256, CHUNK_ENTRIES // per_point)
+    entries = CHUNK_ENTRIES_CUDA if device.type == "cuda" else CHUNK_ENTRIES
+    return max(256, entries // per_point)
 
 
 def gather_reference(
@@ -185,7 +192,7 @@ def _as_pairs(t: torch.Tensor) -> Optional[torch.Tensor]:
 
 class _GridGather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, table, sampler, n_groups, with_jac):  # type: ignore[override]
+    def forward(ctx, x, table, sampler, n_groups, with_jac, will_backward):  # type: ignore[override]
         ctx.set_materialize_grads(False)
         N, D = x.shape
         Fd = table.shape[1]
@@ -196,27 +203,32 @@ class _GridGather(torch.autograd.Function):
         # keep the gather's indices and weights for the backward when they fit the budget,
         # instead of recomputing them there
         per_entry = 4 + table.element_size() * (1 + (D if with_jac else 0))
-        store = (table.requires_grad or x.requires_grad) and N * G * K * per_entry <= STORE_LIMIT_BYTES
+        store = will_backward and N * G * K * per_entry <= STORE_LIMIT_BYTES
         stored = []
-        for s, e in _chunks(N, _chunk_size(sampler, n_groups)):
+        for s, e in _chunks(N, _chunk_size(sampler, n_groups, x.device)):
             C = e - s
             idx, w, dw = sampler.corners(x[s:e], n_groups, with_jac)
-            # [C * G, K]: one bag per output row (a 3-D permuted copy: much faster on CPU than
-            # the 2-D transposed copy that reshape(-1, K) then contiguous() would make)
-            bags = idx.permute(1, 2, 0).contiguous().view(-1, K)
-            if not with_jac:
-                wb = w.to(table.dtype).permute(1, 2, 0).contiguous().view(-1, K)
-                feats[s:e] = F.embedding_bag(bags, table, per_sample_weights=wb, mode="sum").view(C, G, Fd)
+            w = w.to(table.dtype)
+            dw = None if dw is None else dw.to(table.dtype)
+            if with_jac and Fd <= JAC_GATHER_ONCE_MAX_FEATURES:
+                # value and derivatives share the corners: gather each row once (complex pairs,
+                # corner-major layout) and contract it with the 1 + D weight sets
+                feats[s:e], jac[:, s:e] = _gather_with_jac(table, idx, w, dw)
             else:
-                # value and D derivatives share the corners: gather the rows once and contract
-                # them with the 1 + D weight sets (faster than 1 + D embedding_bag calls)
-                wq = torch.cat([w.unsqueeze(0), dw], 0).to(table.dtype)  # [Q, K, C, G]
-                wb = wq.permute(2, 3, 0, 1).contiguous().view(-1, D + 1, K)  # [C * G, Q, K]
-                out = torch.bmm(wb, F.embedding(bags, table)).view(C, G, D + 1, Fd)
-                feats[s:e] = out[:, :, 0]
-                jac[:, s:e] = out[:, :, 1:].permute(2, 0, 1, 3)
+                # [C * G, K]: one bag per output row (a 3-D permuted copy: much faster on CPU
+                # than the 2-D transposed copy that reshape(-1, K).contiguous() would make)
+                bags = idx.permute(1, 2, 0).contiguous().view(-1, K)
+                wb = w.permute(1, 2, 0).contiguous().view(-1, K)
+                feats[s:e] = F.embedding_bag(bags, table, per_sample_weights=wb, mode="sum").view(C, G, Fd)
+                if with_jac:
+                    dwb = dw.permute(0, 2, 3, 1).contiguous().view(D, -1, K)
+                    for d in range(D):
+                        jac[d, s:e] = F.embedding_bag(
+                            bags, table, per_sample_weights=dwb[d], mode="sum"
+                        ).view(C, G, Fd)
             if store:
-                stored.append((s, e, bags, wb))
+                # corner-major (idx, w, dw) with a jacobian, else the bags of the forward
+                stored.append(("kcg", s, e, idx, w, dw) if with_jac else ("bags", s, e, bags, wb, None))
         ctx.save_for_backward(x, table)
         ctx.stored = stored if store else None
         ctx.sampler = sampler
@@ -239,7 +251,7 @@ class _GridGather(torch.autograd.Function):
         else:
             gx, gt = _backward_fast(ctx, x, table, g_feat, g_jac, need_x, need_t)
         ctx.stored = None
-        return gx, gt, None, None, None
+        return gx, gt, None, None, None, None
 
 
 def _backward_reference(ctx, x, table, g_feat, g_jac, need_x, need_t):
@@ -270,9 +282,11 @@ def _backward_reference(ctx, x, table, g_feat, g_jac, need_x, need_t):
 
 
 def _pairs_or_real(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Gradients as complex feature pairs for narrow rows (F <= 4: the weight * gradient products
+    then run on the point axis instead of a tiny inner axis), else real and contiguous."""
     if t is None:
         return None
-    c = _as_pairs(t)
+    c = _as_pairs(t) if t.shape[-1] <= 4 else None
     return c if c is not None else t.contiguous()
 
 
@@ -283,45 +297,66 @@ def _backward_fast(ctx, x, table, g_feat, g_jac, need_x, need_t):
     gx = torch.zeros(N, D, dtype=x.dtype, device=x.device) if need_x else None
     # complex views pair up features: the weight * gradient products and the scatter then work
     # on half as many (complex) elements
-    stored_jac = ctx.stored is not None and ctx.with_jac
-    gf = None if stored_jac else _pairs_or_real(g_feat)  # [N, G, H]
-    gj = None if stored_jac else _pairs_or_real(g_jac)  # [D, N, G, H]
+    gf = _pairs_or_real(g_feat)  # [N, G, H]
+    gj = _pairs_or_real(g_jac)  # [D, N, G, H]
     if need_t:
-        if ctx.stored is not None:
-            for s, e, bags, wb in ctx.stored:
-                C = e - s
-                if not ctx.with_jac:
-                    G = gf.shape[1]
-                    scatter_add_rows(gt, bags, _bag_outer(wb.view(C, G, -1), gf[s:e]))
-                    continue
-                # src [C * G, K, F] = sum over the weight sets q of w_q * grad_q (one bmm)
-                G = wb.shape[0] // C
-                gq = table.new_zeros(C, G, D + 1, table.shape[1])
-                if g_feat is not None:
-                    gq[:, :, 0] = g_feat[s:e]
-                if g_jac is not None:
-                    gq[:, :, 1:] = g_jac[:, s:e].permute(1, 2, 0, 3)
-                src = torch.bmm(wb.transpose(1, 2), gq.view(C * G, D + 1, -1))
-                scatter_add_rows(gt, bags, src)
-        else:
-            for s, e in _chunks(N, _chunk_size(sampler, ctx.n_groups)):
-                idx, w, dw = sampler.corners(x[s:e], ctx.n_groups, g_jac is not None)
-                src = None
-                if gf is not None:
-                    src = _outer(w.to(table.dtype), gf[s:e])  # [K, C, G(, H)]
-                if gj is not None:
-                    dw = dw.to(table.dtype)
-                    for d in range(D):
-                        term = _outer(dw[d], gj[d, s:e])
-                        src = term if src is None else src.add_(term)
-                scatter_add_rows(gt, idx, src)
+        # (splitting this serial scatter over two threads, each into its own buffer, measured
+        # no faster on a 2-core CPU)
+        for idx, src in _scatter_sources(ctx, x, table, gf, gj):
+            scatter_add_rows(gt, idx, src)
     if need_x and g_feat is not None:
-        for s, e in _chunks(N, _chunk_size(sampler, ctx.n_groups)):
+        for s, e in _chunks(N, _chunk_size(sampler, ctx.n_groups, x.device)):
             idx, _, dw = sampler.corners(x[s:e], ctx.n_groups, True)
             vals = F.embedding(idx, table)  # [K, C, G, F]
             tg = (vals * g_feat[s:e].unsqueeze(0)).sum(-1)  # [K, C, G]
             gx[s:e] = (dw.to(table.dtype) * tg.unsqueeze(0)).sum((1, 3)).t().to(x.dtype)
     return gx, gt
+
+
+def _scatter_sources(ctx, x, table, gf, gj):
+    """(rows, weight * grad) per chunk, from the stored corners or recomputed ones."""
+    D = x.shape[1]
+    if ctx.stored is not None:
+        for layout, s, e, idx, w, dw in ctx.stored:
+            if layout == "bags":  # idx = bags [C * G, K], w [C * G, K]
+                yield idx, _bag_outer(w.view(e - s, gf.shape[1], -1), gf[s:e])
+                continue
+            yield idx, _weighted_grads(w, dw, gf, gj, s, e, D)
+        return
+    for s, e in _chunks(x.shape[0], _chunk_size(ctx.sampler, ctx.n_groups, x.device)):
+        idx, w, dw = ctx.sampler.corners(x[s:e], ctx.n_groups, gj is not None)
+        dw = None if dw is None else dw.to(table.dtype)
+        yield idx, _weighted_grads(w.to(table.dtype), dw, gf, gj, s, e, D)
+
+
+def _weighted_grads(w, dw, gf, gj, s, e, D):
+    """Corner-major w [K, C, G], dw [D, K, C, G] times the output gradients -> [K, C, G(, H)]."""
+    src = None
+    if gf is not None:
+        src = _outer(w, gf[s:e])
+    if gj is not None:
+        for d in range(D):
+            term = _outer(dw[d], gj[d, s:e])
+            src = term if src is None else src.add_(term)
+    return src
+
+
+def _gather_with_jac(table, idx, w, dw):
+    """table [T, F], idx [K, C, G], w [K, C, G], dw [D, K, C, G] -> feats [C, G, F], jac [D, C, G, F]."""
+    K, C, G = idx.shape
+    Fd = table.shape[1]
+    pairs = _as_pairs(table) if table.is_contiguous() else None
+    tv = pairs if pairs is not None else table  # [T, H] (complex) or [T, F]
+    if tv.shape[1] == 1:  # 1-D index_select is much faster than selecting rows of width 1
+        vals = torch.index_select(tv[:, 0], 0, idx.reshape(-1)).view(K, C, G, 1)
+    else:
+        vals = torch.index_select(tv, 0, idx.reshape(-1)).view(K, C, G, -1)
+    f = (w.unsqueeze(-1) * vals).sum(0)
+    j = (dw.unsqueeze(-1) * vals.unsqueeze(0)).sum(1)
+    if pairs is not None:
+        f = torch.view_as_real(f)
+        j = torch.view_as_real(j)
+    return f.reshape(C, G, Fd), j.reshape(-1, C, G, Fd)
 
 
 def _bag_outer(wb: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -352,7 +387,8 @@ def grid_gather(
     """
     if x.dim() != 2 or x.shape[1] != sampler.n_dims:
         raise ValueError(f"expected points of shape [N, {sampler.n_dims}], got {tuple(x.shape)}")
+    will_backward = torch.is_grad_enabled() and (x.requires_grad or table.requires_grad)
     if with_jac:
-        feats, jac = _GridGather.apply(x, table, sampler, n_groups, True)
+        feats, jac = _GridGather.apply(x, table, sampler, n_groups, True, will_backward)
         return feats, jac
-    return _GridGather.apply(x, table, sampler, n_groups, False), None
+    return _GridGather.apply(x, table, sampler, n_groups, False, will_backward), None

@@ -2,7 +2,8 @@
 
 Sampling convention (both): texel centres sit on the lattice ``i / (R - 1)``, i = 0..R-1, so
 the first and last texels lie exactly on the faces of the unit cube (``align_corners=True`` in
-``F.grid_sample`` terms). Inputs are clamped to [0, 1] (zero gradient outside).
+``F.grid_sample`` terms). Inputs are clamped to [0, 1] (zero gradient outside); NaN inputs
+sample at 0.
 
 Both sample with the weighted gather of ``models.encodings.gather`` (an ``F.embedding_bag``
 forward and a scatter backward), which on a CPU is several times faster than
@@ -34,7 +35,8 @@ def _init_table(table: torch.Tensor, kind: str, scale: float, mean: float) -> No
 
 def _lattice(x: torch.Tensor, res: torch.Tensor):
     """x [D, C] in [0, 1], res [G] texels per axis -> cell [D, C, G] int32, frac [D, C, G], inside [D, C, 1]."""
-    pos = x.clamp(0.0, 1.0).unsqueeze(-1) * (res - 1).to(x.dtype)
+    # NaN would index outside the table: it samples at 0 instead
+    pos = torch.nan_to_num(x, nan=0.0).clamp_(0.0, 1.0).unsqueeze(-1) * (res - 1).to(x.dtype)
     cell = torch.floor(pos).clamp_(max=(res - 2).to(x.dtype))
     frac = pos - cell
     inside = ((x >= 0) & (x <= 1)).to(x.dtype).unsqueeze(-1)

@@ -14,11 +14,10 @@ between the two backends:
 - one flattened table ``[sum of level sizes, n_features_per_level]``, levels one after the
   other; output features are level-major: ``out[:, l * F_l + f]``.
 
-Inputs are clamped to [0, 1] (the gradient is zero outside).
+Inputs are clamped to [0, 1] (the gradient is zero outside); NaN inputs sample at 0.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Literal, Optional, Tuple
@@ -31,7 +30,6 @@ from models.encodings import register
 from models.encodings.base import Encoding
 from models.encodings.gather import GridSampler, combine_corner_terms, grid_gather, nlinear_weights
 
-logger = logging.getLogger(__name__)
 
 HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
 
@@ -118,7 +116,8 @@ class HashGridSampler(GridSampler):
         m = self.meta(x.device, x.dtype)
         scale = m["scale"][:L]
         xt = x.t()  # [D, C]
-        pos = xt.clamp(0.0, 1.0).unsqueeze(-1) * scale + 0.5  # [D, C, L]
+        # NaN would index outside the table: it samples at 0 instead
+        pos = torch.nan_to_num(xt, nan=0.0).clamp_(0.0, 1.0).unsqueeze(-1) * scale + 0.5  # [D, C, L]
         fl = torch.floor(pos)
         f = pos - fl
         ci = fl.to(torch.int32)
@@ -188,7 +187,13 @@ class HashGrid(Encoding):
         self.n_levels = cfg.n_levels
         self.n_features_per_level = cfg.n_features_per_level
         self.n_output_dims = cfg.n_levels * cfg.n_features_per_level
+        if not 1 <= cfg.log2_hashmap_size <= 30:
+            raise ValueError(f"hashgrid: log2_hashmap_size must be in 1..30, got {cfg.log2_hashmap_size}")
+        if cfg.n_levels < 1 or cfg.n_features_per_level < 1 or cfg.base_resolution < 1:
+            raise ValueError("hashgrid: n_levels, n_features_per_level and base_resolution must be >= 1")
         self.per_level_scale = _per_level_scale(cfg)
+        if self.per_level_scale < 1.0:
+            raise ValueError(f"hashgrid: per_level_scale must be >= 1, got {self.per_level_scale}")
         self.levels = hash_grid_levels(
             n_input_dims, cfg.n_levels, cfg.log2_hashmap_size, cfg.base_resolution, self.per_level_scale
         )

@@ -45,6 +45,9 @@ def activation_grad(name: str, z: torch.Tensor, a: torch.Tensor, beta: float) ->
     return None
 
 
+_INPLACE = {"relu": torch.relu_, "sigmoid": torch.sigmoid_, "tanh": torch.tanh_}
+
+
 @register("mlp")
 class MLP(nn.Module):
     """h [N, I] -> [N, O]: ``n_hidden_layers`` layers of ``n_neurons`` then a linear output layer.
@@ -134,7 +137,11 @@ class MLP(nn.Module):
         n = len(self.layers)
         for i, layer in enumerate(self.layers):
             h = layer(h)
-            h = activate(cfg.activation if i < n - 1 else cfg.output_activation, h, cfg.softplus_beta)
+            name = cfg.activation if i < n - 1 else cfg.output_activation
+            if name in _INPLACE:  # their backward needs only their output: save an allocation
+                h = _INPLACE[name](h)
+            else:
+                h = activate(name, h, cfg.softplus_beta)
         return h
 
     def forward_with_input_grad(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
