@@ -128,14 +128,15 @@ class BaseSystem(pl.LightningModule):
         """Dynamic ray sampling: scale next step's ray count toward the target sample count."""
         if not self.cfg.dynamic_ray_sampling:
             return
-        if self.trainer is not None and self.trainer.world_size > 1:
+        trainer = self._trainer  # None outside a Trainer (self.trainer would raise)
+        if trainer is not None and trainer.world_size > 1:
             total = torch.tensor([n_samples, float(n_rays)], device=self.device)
-            total = self.trainer.strategy.reduce(total, reduce_op="sum")
-            n_samples, n_rays = float(total[0]) / self.trainer.world_size, float(total[1]) / self.trainer.world_size
+            total = trainer.strategy.reduce(total, reduce_op="sum")
+            n_samples, n_rays = float(total[0]) / trainer.world_size, float(total[1]) / trainer.world_size
         per_ray = max(n_samples / max(n_rays, 1.0), 1.0)
         wanted = int(self.cfg.target_samples_per_step / per_ray)
         # move part way to damp oscillation
-        new = int(0.9 * self.n_rays + 0.1 * wanted)
+        new = round(0.9 * self.n_rays + 0.1 * wanted)
         self.n_rays = max(self.cfg.train_num_rays_min, min(self.cfg.max_train_num_rays, new))
         dm = self.datamodule_ref
         if dm is not None and dm.train_dataset is not None:

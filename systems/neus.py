@@ -20,6 +20,10 @@ class NeuSLossConfig:
     lambda_rgb_mse: Weight = 0.0
     lambda_rgb_l1: Weight = 1.0
     lambda_eikonal: Weight = 0.1
+    # eikonal loss also on uniform random points in the scene box: keeps the SDF distance-like
+    # where rays never sample (e.g. inside objects, with model.grid_mode: shell)
+    lambda_eikonal_random: Weight = 0.0
+    eikonal_random_points: int = 4096
     lambda_mask: Weight = 0.0  # BCE of opacity against the dataset's masks (needs masks)
     lambda_opaque: Weight = 0.0
     lambda_sparsity: Weight = 0.0
@@ -53,6 +57,8 @@ class NeuSSystem(BaseSystem):
         has_samples = out["sdf_grad_samples"].shape[0] > 0
         if weight_nonzero(loss_cfg.lambda_eikonal) and has_samples:
             terms["eikonal"] = eikonal_loss(out["sdf_grad_samples"])
+        if weight_nonzero(loss_cfg.lambda_eikonal_random):
+            terms["eikonal_random"] = eikonal_loss(self.random_box_gradients(loss_cfg.eikonal_random_points))
         opacity = out["opacity"].squeeze(-1)
         if weight_nonzero(loss_cfg.lambda_mask):
             terms["mask"] = mask_loss(opacity, batch["alpha"])
@@ -71,6 +77,12 @@ class NeuSSystem(BaseSystem):
             if weight_nonzero(getattr(loss_cfg, f"lambda_{name}")) and name in regs:
                 terms[name] = regs[name]
         return terms
+
+    def random_box_gradients(self, n: int) -> Tensor:
+        """SDF gradients [n, 3] at uniform random points of the scene box."""
+        r = float(self.model.cfg.radius)
+        points = (torch.rand(n, 3, device=self.device) * 2.0 - 1.0) * r
+        return self.model.geometry(points, with_grad=True)["grad"]
 
     def log_extra_train_stats(self) -> None:
         self.log("train/inv_s", float(self.model.inv_s.detach()), prog_bar=True)

@@ -411,3 +411,13 @@ def test_fast_backward_matches_plain_autograd(cfg, with_jac, x_grad):
     want = torch.autograd.grad(refs, inputs, grads)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["hashgrid", "progressive-hashgrid", "triplane", "dense-grid", "frequency"])
+def test_empty_batch_keeps_shapes(name):
+    """A training step whose rays all miss gives zero points; encodings must not fail on them."""
+    enc = encodings.make(name, {}, n_input_dims=3)
+    x = torch.zeros(0, 3)
+    assert enc(x).shape == (0, enc.n_output_dims)
+    feats, jac = enc.forward_with_jacobian(x)
+    assert feats.shape == (0, enc.n_output_dims) and jac.shape == (0, enc.n_output_dims, 3)

@@ -98,6 +98,17 @@ def test_resume_continues_from_the_saved_step(trained, tmp_path):
     assert final["state_dict"][grid_key].shape == mid["state_dict"][grid_key].shape
 
 
+def test_resume_weights_only_starts_a_new_run_at_step_zero(trained, tmp_path):
+    from utils.checkpoint import read_checkpoint
+
+    _, root = trained
+    code = run(tmp_path, "--config", str(root / "config" / "parsed.yaml"), "--train", "--resume-weights-only",
+               "--resume", str(root / "ckpt" / "last.ckpt"), "trainer.max_steps=3", "system.export_mesh_at_test=false")
+    assert code == 0
+    (new,) = only_run(tmp_path, "neus-synthetic")
+    assert read_checkpoint(new / "ckpt" / "last.ckpt")["global_step"] == 3
+
+
 def test_resume_last_finds_newest_checkpoint(trained, tmp_path):
     tmp, root = trained
     code = launch.main(["--exp-dir", str(tmp / "exp"), "--runs-dir", str(tmp_path / "runs"),

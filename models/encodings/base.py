@@ -38,3 +38,12 @@ class Encoding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_input_dims={self.n_input_dims}, n_output_dims={self.n_output_dims}"
+
+
+def on_empty_batch(fn, x: torch.Tensor):
+    """``fn``'s output for a zero-row input x [0, D]: computed on one dummy point, sliced to 0 rows.
+
+    Keeps output shapes (and the autograd graph) right where reshapes with -1 cannot infer them.
+    """
+    out = fn(x.new_zeros(1, x.shape[1]))
+    return tuple(t[:0] for t in out) if isinstance(out, tuple) else out[:0]

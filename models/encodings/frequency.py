@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 
 from models.encodings import register
-from models.encodings.base import Encoding
+from models.encodings.base import Encoding, on_empty_batch
 
 
 @register("frequency")
@@ -59,6 +59,8 @@ class Frequency(Encoding):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] -> features [N, D * 2 * n_frequencies]."""
+        if x.shape[0] == 0:
+            return on_empty_batch(self.forward, x)
         a = self._phases(x)
         w = self.band_weights.to(x.dtype).unsqueeze(-1)  # [n, 1]
         out = torch.stack([torch.sin(a), torch.cos(a)], dim=-1) * w
@@ -66,6 +68,8 @@ class Frequency(Encoding):
 
     def forward_with_jacobian(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """x [N, D] -> (features [N, F], d features / d x [N, F, D]), block diagonal in d."""
+        if x.shape[0] == 0:
+            return on_empty_batch(self.forward_with_jacobian, x)
         N, D = x.shape
         a = self._phases(x)
         sin, cos = torch.sin(a), torch.cos(a)

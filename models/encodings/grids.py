@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from models.encodings import register
-from models.encodings.base import Encoding
+from models.encodings.base import Encoding, on_empty_batch
 from models.encodings.gather import GridSampler, combine_corner_terms, grid_gather, nlinear_weights
 
 # the three axis-aligned planes: (first axis u, second axis v) of XY, XZ, YZ
@@ -198,11 +198,15 @@ class TriPlane(Encoding):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, 3] in [0, 1]^3 -> features [N, F]."""
+        if x.shape[0] == 0:
+            return on_empty_batch(self.forward, x)
         feats, _ = grid_gather(x, self.table, self.sampler, 0)
         return self._aggregate(feats, x.shape[0])
 
     def forward_with_jacobian(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """x [N, 3] -> (features [N, F], d features / d x [N, F, 3] (a permuted view))."""
+        if x.shape[0] == 0:
+            return on_empty_batch(self.forward_with_jacobian, x)
         N = x.shape[0]
         feats, jac = grid_gather(x, self.table, self.sampler, 0, with_jac=True)
         if self.cfg.aggregation == "product":
@@ -261,11 +265,15 @@ class DenseGrid(Encoding):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] in [0, 1]^D -> features [N, C]."""
+        if x.shape[0] == 0:
+            return on_empty_batch(self.forward, x)
         feats, _ = grid_gather(x, self.table, self.sampler, 1)
         return feats.reshape(x.shape[0], -1)
 
     def forward_with_jacobian(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """x [N, D] -> (features [N, C], d features / d x [N, C, D] (a permuted view))."""
+        if x.shape[0] == 0:
+            return on_empty_batch(self.forward_with_jacobian, x)
         N, D = x.shape
         feats, jac = grid_gather(x, self.table, self.sampler, 1, with_jac=True)
         return feats.reshape(N, -1), jac.reshape(D, N, -1).permute(1, 2, 0)

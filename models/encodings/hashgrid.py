@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from models.encodings import register
-from models.encodings.base import Encoding
+from models.encodings.base import Encoding, on_empty_batch
 from models.encodings.gather import GridSampler, combine_corner_terms, grid_gather, nlinear_weights
 
 
@@ -241,6 +241,8 @@ class HashGrid(Encoding):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] in [0, 1]^D -> features [N, F]."""
+        if x.shape[0] == 0:
+            return on_empty_batch(self.forward, x)
         if self.tcnn is not None:
             from models.encodings.tcnn import tcnn_encode
 
@@ -251,6 +253,8 @@ class HashGrid(Encoding):
 
     def forward_with_jacobian(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """x [N, D] -> (features [N, F], d features / d x [N, F, D] (a permuted view))."""
+        if x.shape[0] == 0:
+            return on_empty_batch(self.forward_with_jacobian, x)
         if self.tcnn is not None:
             from models.encodings.tcnn import tcnn_no_jacobian
 

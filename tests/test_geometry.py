@@ -1,0 +1,151 @@
+"""Geometry, texture and variance parts: gradients three ways, Laplacian, shapes, NeuS opacity."""
+import math
+
+import pytest
+import torch
+
+import models
+from models.neus import neus_alpha
+from models.texture import VarianceConfig, VarianceNetwork
+
+SDF_CFG = {
+    "radius": 1.0,
+    "feature_dim": 5,
+    "xyz_encoding": {"name": "with-xyz", "inner": {"name": "triplane", "resolution": 16, "n_features": 4}},
+    "mlp_network": {"name": "mlp", "n_neurons": 32, "n_hidden_layers": 1, "activation": "softplus",
+                    "sphere_init": True, "sphere_init_radius": 0.5},
+}
+
+
+def sdf_geometry(**kw):
+    torch.manual_seed(0)
+    return models.make("volume-sdf", {**SDF_CFG, **kw})
+
+
+def points(n=200, scale=0.8):
+    g = torch.Generator().manual_seed(1)
+    return (torch.rand(n, 3, generator=g) * 2 - 1) * scale
+
+
+def test_sdf_outputs_and_shapes():
+    geo = sdf_geometry()
+    out = geo(points(), with_grad=True)
+    assert out["sdf"].shape == (200,) and out["feature"].shape == (200, 5) and out["grad"].shape == (200, 3)
+    assert out["sdf"].dtype == torch.float32
+
+
+def test_sphere_init_makes_a_sphere_of_the_given_radius():
+    geo = sdf_geometry(mlp_network={**SDF_CFG["mlp_network"], "n_neurons": 64})
+    x = points(500, 0.9)
+    with torch.no_grad():
+        err = (geo.sdf(x) - (x.norm(dim=-1) - 0.5)).abs()
+    assert float(err.mean()) < 0.15
+
+
+@pytest.mark.parametrize("grad_type", ["autograd", "finite_difference"])
+def test_analytic_gradient_matches_other_ways(grad_type):
+    torch.manual_seed(0)
+    analytic = sdf_geometry(grad_type="analytic")
+    # a trained-looking field: random plane features, not just the init
+    with torch.no_grad():
+        for p in analytic.encoding.parameters():
+            p.normal_(0, 0.3)
+    other = sdf_geometry(grad_type=grad_type, finite_difference_eps=1e-3)
+    other.load_state_dict(analytic.state_dict())
+    x = points(100, 0.7).double()
+    analytic.double(), other.double()
+    g_a = analytic(x)["grad"]
+    g_o = other(x)["grad"]
+    tol = 1e-6 if grad_type == "autograd" else 5e-2
+    assert torch.allclose(g_a, g_o, atol=tol, rtol=tol), (g_a - g_o).abs().max()
+
+
+def test_analytic_gradient_trains_the_fields_parameters():
+    geo = sdf_geometry()
+    with torch.no_grad():  # sphere init starts the feature columns at 0; as after a few steps:
+        for p in geo.network.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    out = geo(points(), with_grad=True)
+    ((out["grad"].norm(dim=-1) - 1) ** 2).mean().backward()
+    table_grads = [p.grad for p in geo.encoding.parameters()]
+    assert all(g is not None and float(g.abs().sum()) > 0 for g in table_grads)
+
+
+def test_laplace_of_sphere_init_field():
+    """For sdf = |x| - r, the Laplacian is 2 / |x|; the sphere-initialized field approximates it."""
+    geo = sdf_geometry(grad_type="finite_difference", finite_difference_eps=1e-2)
+    x = torch.tensor([[0.4, 0.3, 0.2], [-0.3, 0.5, 0.1]])
+    lap = geo(x, with_laplace=True)["laplace"]
+    assert lap.shape == (2,)
+    assert torch.allclose(lap, 2.0 / x.norm(dim=-1), rtol=0.5)
+
+
+def test_progressive_eps_follows_finest_level():
+    geo = models.make("volume-sdf", {
+        "xyz_encoding": {"name": "with-xyz", "inner": {"name": "progressive-hashgrid", "n_levels": 4,
+                                                       "log2_hashmap_size": 12, "base_resolution": 4,
+                                                       "per_level_scale": 2.0, "start_level": 1,
+                                                       "update_steps": 10}},
+        "finite_difference_eps": "progressive", "grad_type": "finite_difference",
+    })
+    first = geo.fd_eps()
+    geo.update_step(0, 100)
+    assert geo.fd_eps() < first
+
+
+def test_progressive_eps_needs_a_progressive_grid():
+    with pytest.raises(ValueError, match="progressive"):
+        models.make("volume-sdf", {"finite_difference_eps": "progressive"})
+
+
+@pytest.mark.parametrize("activation", ["trunc_exp", "exp", "softplus", "relu"])
+def test_density_is_non_negative(activation):
+    geo = models.make("volume-density", {"density_activation": activation, "feature_dim": 4,
+                                         "xyz_encoding": {"name": "dense-grid", "resolution": 8}})
+    out = geo(points())
+    assert out["density"].shape == (200,) and out["feature"].shape == (200, 4)
+    assert float(out["density"].min()) >= 0
+
+
+def test_trunc_exp_gradient_is_clamped():
+    from models.geometry import TruncExp
+
+    x = torch.tensor([0.0, 20.0], requires_grad=True)
+    TruncExp.apply(x).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([1.0, math.exp(15.0)]))
+
+
+def test_textures():
+    rad = models.make("volume-radiance", {"input_feature_dim": 5, "use_normal": True})
+    feats, dirs = torch.randn(10, 5), torch.nn.functional.normalize(torch.randn(10, 3), dim=-1)
+    rgb = rad(feats, dirs, dirs)
+    assert rgb.shape == (10, 3) and float(rgb.min()) >= 0 and float(rgb.max()) <= 1
+    with pytest.raises(ValueError, match="use_normal"):
+        rad(feats, dirs)
+    col = models.make("volume-color", {"input_feature_dim": 5})
+    assert col(feats).shape == (10, 3)
+
+
+def test_variance_inv_s_and_modulation():
+    var = VarianceNetwork(VarianceConfig(init_val=0.3))
+    assert float(var.inv_s) == pytest.approx(math.exp(3.0))
+    mod = VarianceNetwork(VarianceConfig(init_val=0.9, modulate=True, mod_start_steps=0, reach_max_steps=100,
+                                         max_inv_s=100.0))
+    mod.update_step(0, 0)
+    assert float(mod.inv_s) == pytest.approx(math.exp(9.0))  # capped at the start value
+    mod.update_step(0, 1000)
+    assert float(mod.inv_s) == pytest.approx(100.0)  # capped at max_inv_s
+
+
+def test_neus_alpha_hand_case():
+    """A section crossing the surface head-on: sdf +d/2 -> -d/2 at the ends."""
+    sdf = torch.tensor([0.0])
+    grad = torch.tensor([[0.0, 0.0, -1.0]])
+    dirs = torch.tensor([[0.0, 0.0, 1.0]])
+    dist, inv_s = torch.tensor([0.2]), torch.tensor(10.0)
+    alpha = neus_alpha(sdf, grad, dirs, dist, inv_s, cos_anneal_ratio=1.0)
+    prev, nxt = torch.sigmoid(torch.tensor(1.0)), torch.sigmoid(torch.tensor(-1.0))
+    assert torch.allclose(alpha, ((prev - nxt + 1e-5) / (prev + 1e-5)).reshape(1))
+    # leaving the surface (sdf growing along the ray) is transparent once annealed
+    out = neus_alpha(sdf, -grad, dirs, dist, inv_s, cos_anneal_ratio=1.0)
+    assert float(out) < 1e-3

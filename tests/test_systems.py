@@ -1,0 +1,114 @@
+"""Systems: loss weights and schedules, optimizers and schedulers, dynamic ray sampling, loss terms."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import systems
+from systems.base import RunContext
+from systems.losses import weight_at
+from systems.optim import OptimizerConfig, SchedulerConfig, make_optimizer, make_scheduler
+from utils.config import ConfigError, parse_component
+
+MODEL = {
+    "name": "neus", "radius": 1.0, "num_samples_per_ray": 64, "grid_resolution": 8,
+    "geometry": {"name": "volume-sdf", "radius": 1.0, "feature_dim": 4,
+                 "xyz_encoding": {"name": "with-xyz", "inner": {"name": "triplane", "resolution": 8, "n_features": 2}}},
+    "texture": {"name": "volume-radiance", "input_feature_dim": 4},
+}
+
+
+def neus_system(**system_cfg):
+    import models.neus  # noqa: F401
+
+    model_cfg = parse_component(models.neus.NeuSModel.Config, MODEL, "model")
+    model_cfg.name = "neus"
+    ctx = RunContext(save_dir=Path("unused"), scene_to_world=torch.eye(4))
+    return systems.make("neus-system", system_cfg, model_cfg, ctx)
+
+
+def test_weight_schedule_is_piecewise_linear():
+    assert weight_at(0.3, 100) == 0.3
+    schedule = [[0, 0.0], [100, 1.0], [200, 0.5]]
+    assert [weight_at(schedule, s) for s in (-5, 0, 50, 100, 150, 200, 999)] == [0.0, 0.0, 0.5, 1.0, 0.75, 0.5, 0.5]
+
+
+def test_bad_schedule_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match="system.loss.lambda_eikonal"):
+        neus_system(loss={"lambda_eikonal": [[0, 1, 2]]})
+
+
+def test_per_module_learning_rates():
+    system = neus_system()
+    cfg = OptimizerConfig(name="Adam", lr=0.01, params={"geometry.encoding": {"lr": 0.05}, "variance": {"lr": 0.001}})
+    opt = make_optimizer(cfg, system.model)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"geometry.encoding": 0.05, "variance": 0.001, "rest": 0.01}
+    grouped = sum(len(g["params"]) for g in opt.param_groups)
+    assert grouped == len([p for p in system.model.parameters() if p.requires_grad])
+    with pytest.raises(ConfigError, match="geometry.encodng"):
+        make_optimizer(OptimizerConfig(params={"geometry.encodng": {"lr": 1.0}}), system.model)
+    with pytest.raises(ConfigError, match="Adamm"):
+        make_optimizer(OptimizerConfig(name="Adamm"), system.model)
+
+
+def test_schedulers_warmup_exponential_and_sequential():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = make_scheduler(SchedulerConfig(name="warmup-exponential",
+                                           args={"warmup_steps": 10, "decay_to": 0.1, "total_steps": 110}), opt, 110)
+    lrs = []
+    for _ in range(110):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    opt2 = torch.optim.SGD([param], lr=1.0)
+    seq = parse_component(SchedulerConfig, {
+        "name": "SequentialLR", "milestones": [5],
+        "schedulers": [{"name": "LinearLR", "args": {"start_factor": 0.5, "total_iters": 5}},
+                       {"name": "ExponentialLR", "args": {"gamma": 0.5}}],
+    })
+    sched2 = make_scheduler(seq, opt2, 100)
+    for _ in range(7):
+        opt2.step()
+        sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.25)
+    with pytest.raises(ConfigError, match="milestones"):
+        make_scheduler(parse_component(SchedulerConfig, {**seq.__dict__, "milestones": [],
+                                                         "schedulers": [s.__dict__ for s in seq.schedulers]}), opt2, 10)
+
+
+def test_dynamic_ray_sampling_moves_toward_the_target():
+    system = neus_system(train_num_rays=100, target_samples_per_step=10000, max_train_num_rays=1000)
+    for _ in range(60):
+        system.adjust_num_rays(system.n_rays, system.n_rays * 20.0)  # 20 samples per ray
+    assert abs(system.n_rays - 500) <= 2
+    system.adjust_num_rays(system.n_rays, system.n_rays * 0.01)  # nearly empty rays: capped
+    for _ in range(100):
+        system.adjust_num_rays(system.n_rays, system.n_rays * 0.01)
+    assert system.n_rays == 1000
+
+
+def test_loss_terms_follow_the_weights():
+    system = neus_system(loss={"lambda_eikonal_random": 0.1, "lambda_mask": 0.1, "lambda_tv": 0.01,
+                               "lambda_distortion": 0.01})
+    system.model.train()
+    system.model.update_step(0, 0)  # as training does first: the grid evaluates every cell
+    n = 32
+    rays_o = torch.tensor([[0.0, 0.0, -2.5]]).expand(n, 3)
+    rays_d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.1 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    batch = {"rays_o": rays_o, "rays_d": rays_d, "background": torch.ones(n, 3), "rgb": torch.rand(n, 3),
+             "alpha": torch.ones(n)}
+    out = system.model(rays_o, rays_d, batch["background"])
+    terms = system.losses(batch, out)
+    assert {"rgb_l1", "eikonal", "eikonal_random", "mask", "tv", "distortion"} <= set(terms)
+    assert "sparsity" not in terms and "curvature" not in terms
+    sum(terms.values()).backward()
+    assert system.model.variance.variance.grad is not None
+
+
+def test_curvature_needs_laplace():
+    with pytest.raises(ValueError, match="compute_laplace"):
+        neus_system(loss={"lambda_curvature": 0.1})
