@@ -7,7 +7,6 @@ from typing import Any, Dict
 import torch
 from torch import Tensor
 
-import models
 from models import register
 from models.rendering import accumulate_along_rays, render_weight_from_density
 from models.volume_renderer import RendererConfig, VolumeRenderer
@@ -23,21 +22,6 @@ class NeRFModel(VolumeRenderer):
         # skip samples whose opacity is below this during marching (evaluated without gradients)
         alpha_thre: float = 0.0
         grid_occ_thre: float = 0.01
-
-    def __init__(self, cfg: "NeRFModel.Config") -> None:
-        super().__init__(cfg)
-        if abs(cfg.geometry.radius - cfg.radius) > 1e-9:
-            raise ValueError(
-                f"model.geometry.radius ({cfg.geometry.radius}) must equal model.radius ({cfg.radius}); "
-                "write radius: ${model.radius} in the geometry"
-            )
-        self.geometry = models.make(cfg.geometry.name, cfg.geometry)
-        self.texture = models.make(cfg.texture.name, cfg.texture)
-
-    def update_step(self, epoch: int, global_step: int) -> None:
-        self.geometry.update_step(epoch, global_step)
-        self.texture.update_step(epoch, global_step)
-        super().update_step(epoch, global_step)
 
     @torch.no_grad()
     def occupancy_fn(self, points: Tensor) -> Tensor:

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import models
 from models import register
 from models.rendering import accumulate_along_rays, render_weight_from_alpha
 from models.texture import VarianceConfig, VarianceNetwork
@@ -47,13 +46,6 @@ class NeuSModel(VolumeRenderer):
 
     def __init__(self, cfg: "NeuSModel.Config") -> None:
         super().__init__(cfg)
-        if abs(cfg.geometry.radius - cfg.radius) > 1e-9:
-            raise ValueError(
-                f"model.geometry.radius ({cfg.geometry.radius}) must equal model.radius ({cfg.radius}); "
-                "write radius: ${model.radius} in the geometry"
-            )
-        self.geometry = models.make(cfg.geometry.name, cfg.geometry)
-        self.texture = models.make(cfg.texture.name, cfg.texture)
         self.variance = VarianceNetwork(cfg.variance)
         self.cos_anneal_ratio = 1.0 if cfg.cos_anneal_end <= 0 else 0.0
 
@@ -62,8 +54,6 @@ class NeuSModel(VolumeRenderer):
         return self.variance.inv_s
 
     def update_step(self, epoch: int, global_step: int) -> None:
-        self.geometry.update_step(epoch, global_step)
-        self.texture.update_step(epoch, global_step)
         self.variance.update_step(epoch, global_step)
         end = self.cfg.cos_anneal_end
         self.cos_anneal_ratio = 1.0 if end <= 0 else min(1.0, global_step / end)

@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, Literal, Optional
 import torch
 from torch import Tensor, nn
 
+import models
 from models.rendering import OccupancyGrid, chunked, ray_marching
 
 
@@ -33,12 +34,20 @@ class RendererConfig:
 
 
 class VolumeRenderer(nn.Module):
-    """Base of the models: owns the occupancy grid and renders rays in chunks outside training."""
+    """Base of the models: owns the geometry and texture fields and the occupancy grid, and renders
+    rays in chunks outside training. ``cfg`` needs ``geometry`` and ``texture`` components."""
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg = cfg
         r = float(cfg.radius)
+        if abs(cfg.geometry.radius - r) > 1e-9:
+            raise ValueError(
+                f"model.geometry.radius ({cfg.geometry.radius}) must equal model.radius ({r}); "
+                "write radius: ${model.radius} in the geometry"
+            )
+        self.geometry = models.make(cfg.geometry.name, cfg.geometry, path="model.geometry")
+        self.texture = models.make(cfg.texture.name, cfg.texture, path="model.texture")
         self.register_buffer("aabb", torch.tensor([-r, -r, -r, r, r, r], dtype=torch.float32), persistent=False)
         self.render_step_size = 2.0 * 3.0**0.5 * r / cfg.num_samples_per_ray
         self.grid: Optional[OccupancyGrid] = None
@@ -51,6 +60,8 @@ class VolumeRenderer(nn.Module):
         raise NotImplementedError
 
     def update_step(self, epoch: int, global_step: int) -> None:
+        self.geometry.update_step(epoch, global_step)
+        self.texture.update_step(epoch, global_step)
         if self.grid is not None and self.training:
             self.grid.update_every_n_steps(
                 global_step,

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import models
-from systems.losses import Weight, check_weight, weight_at
+from models.rendering import distortion_loss
+from systems.losses import Weight, check_weight, mask_loss, opaque_loss, weight_at, weight_nonzero
 from systems.metrics import psnr, ssim
 from systems.optim import OptimizerConfig, SchedulerConfig, make_optimizer, make_scheduler
 from utils.experiment import ExportConfig
@@ -122,7 +123,32 @@ class BaseSystem(pl.LightningModule):
         pass
 
     def losses(self, batch: Dict[str, Tensor], out: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        raise NotImplementedError
+        """Loss terms (unweighted) by name; a term is computed only when its weight can be non-zero."""
+        return self.common_losses(batch, out)
+
+    def common_losses(self, batch: Dict[str, Tensor], out: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The terms every system has: photometric, mask, opaque, distortion and the fields' regularizers."""
+        loss_cfg = self.cfg.loss
+        terms: Dict[str, Tensor] = {}
+        diff = out["rgb"] - batch["rgb"]
+        if weight_nonzero(loss_cfg.lambda_rgb_mse):
+            terms["rgb_mse"] = (diff ** 2).mean()
+        if weight_nonzero(loss_cfg.lambda_rgb_l1):
+            terms["rgb_l1"] = diff.abs().mean()
+        opacity = out["opacity"].squeeze(-1)
+        if weight_nonzero(loss_cfg.lambda_mask):
+            terms["mask"] = mask_loss(opacity, batch["alpha"])
+        if weight_nonzero(loss_cfg.lambda_opaque):
+            terms["opaque"] = opaque_loss(opacity)
+        if weight_nonzero(loss_cfg.lambda_distortion) and out["weights"].shape[0] > 0:
+            terms["distortion"] = distortion_loss(
+                out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], opacity.shape[0]
+            ).mean()
+        regs = self.model.geometry.regularizations()
+        for name in ("tv", "l1"):
+            if weight_nonzero(getattr(loss_cfg, f"lambda_{name}")) and name in regs:
+                terms[name] = regs[name]
+        return terms
 
     def adjust_num_rays(self, n_rays: int, n_samples: float) -> None:
         """Dynamic ray sampling: scale next step's ray count toward the target sample count."""

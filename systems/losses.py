@@ -36,6 +36,13 @@ def check_weight(weight: Weight, key: str) -> None:
         raise ValueError(f"{key}: a weight schedule is a list of [step, value] pairs, got {weight}")
 
 
+def weight_nonzero(weight: Weight) -> bool:
+    """Whether a weight (number or schedule) is ever non-zero, so its loss must be computed."""
+    if isinstance(weight, (int, float)):
+        return weight != 0
+    return any(float(v) != 0 for _, v in weight)
+
+
 def eikonal_loss(grad: Tensor) -> Tensor:
     """SDF gradients [S, 3] should have unit length -> scalar."""
     return ((grad.norm(dim=-1) - 1.0) ** 2).mean()

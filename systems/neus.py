@@ -7,12 +7,9 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from models.rendering import distortion_loss
 from systems import register
 from systems.base import BaseSystem, SystemConfig
-from systems.losses import (
-    Weight, curvature_loss, eikonal_loss, mask_loss, opaque_loss, sparsity_loss,
-)
+from systems.losses import Weight, curvature_loss, eikonal_loss, sparsity_loss, weight_nonzero
 
 
 @dataclasses.dataclass
@@ -47,35 +44,17 @@ class NeuSSystem(BaseSystem):
             raise ValueError("system.loss.lambda_curvature > 0 needs model.compute_laplace: true")
 
     def losses(self, batch: Dict[str, Tensor], out: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        terms: Dict[str, Tensor] = {}
+        terms = self.common_losses(batch, out)
         loss_cfg = self.cfg.loss
-        diff = out["rgb"] - batch["rgb"]
-        if weight_nonzero(loss_cfg.lambda_rgb_mse):
-            terms["rgb_mse"] = (diff ** 2).mean()
-        if weight_nonzero(loss_cfg.lambda_rgb_l1):
-            terms["rgb_l1"] = diff.abs().mean()
         has_samples = out["sdf_grad_samples"].shape[0] > 0
         if weight_nonzero(loss_cfg.lambda_eikonal) and has_samples:
             terms["eikonal"] = eikonal_loss(out["sdf_grad_samples"])
         if weight_nonzero(loss_cfg.lambda_eikonal_random):
             terms["eikonal_random"] = eikonal_loss(self.random_box_gradients(loss_cfg.eikonal_random_points))
-        opacity = out["opacity"].squeeze(-1)
-        if weight_nonzero(loss_cfg.lambda_mask):
-            terms["mask"] = mask_loss(opacity, batch["alpha"])
-        if weight_nonzero(loss_cfg.lambda_opaque):
-            terms["opaque"] = opaque_loss(opacity)
         if weight_nonzero(loss_cfg.lambda_sparsity) and has_samples:
             terms["sparsity"] = sparsity_loss(out["sdf_samples"], loss_cfg.sparsity_scale)
         if weight_nonzero(loss_cfg.lambda_curvature) and "sdf_laplace_samples" in out and has_samples:
             terms["curvature"] = curvature_loss(out["sdf_laplace_samples"])
-        if weight_nonzero(loss_cfg.lambda_distortion) and has_samples:
-            terms["distortion"] = distortion_loss(
-                out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], opacity.shape[0]
-            ).mean()
-        regs = self.model.geometry.regularizations()
-        for name in ("tv", "l1"):
-            if weight_nonzero(getattr(loss_cfg, f"lambda_{name}")) and name in regs:
-                terms[name] = regs[name]
         return terms
 
     def random_box_gradients(self, n: int) -> Tensor:
@@ -88,9 +67,3 @@ class NeuSSystem(BaseSystem):
         self.log("train/inv_s", float(self.model.inv_s.detach()), prog_bar=True)
         self.log("train/cos_anneal_ratio", float(self.model.cos_anneal_ratio))
 
-
-def weight_nonzero(weight: Weight) -> bool:
-    """Whether a weight (number or schedule) is ever non-zero, so its loss must be computed."""
-    if isinstance(weight, (int, float)):
-        return weight != 0
-    return any(float(v) != 0 for _, v in weight)
