@@ -68,8 +68,7 @@ def scene_sdf(x: Tensor) -> Tensor:
 def scene_albedo(x: Tensor) -> Tensor:
     """Procedural surface colour at x [N, 3] -> [N, 3] in [0, 1]."""
     slab, sphere, torus = scene_parts(x)
-    _, w_sphere = _smooth_union(slab, sphere, 0.08)
-    d01, _ = _smooth_union(slab, sphere, 0.08)
+    d01, w_sphere = _smooth_union(slab, sphere, 0.08)
     _, w_torus = _smooth_union(d01, torus, 0.06)
     checker = 0.5 + 0.5 * torch.sin(7.0 * x[:, 0]) * torch.sin(7.0 * x[:, 1])
     slab_rgb = torch.stack([0.85 - 0.35 * checker, 0.7 - 0.2 * checker, 0.35 + 0.45 * checker], dim=-1)

@@ -9,7 +9,7 @@ Points are given in scene coordinates inside the box [-radius, radius]^3.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Literal, Optional, Union
+from typing import Any, Dict, Literal, Union
 
 import torch
 from torch import Tensor, nn
@@ -44,11 +44,6 @@ class BaseGeometry(nn.Module):
 
     def regularizations(self) -> Dict[str, Tensor]:
         return self.encoding.regularizations() if hasattr(self.encoding, "regularizations") else {}
-
-    @torch.no_grad()
-    def field_chunked(self, fn: Callable[[Tensor], Tensor], points: Tensor, chunk: int = 262144) -> Tensor:
-        """``fn`` over points [N, 3] in chunks -> [N, ...] (for grids and meshes)."""
-        return torch.cat([fn(points[i:i + chunk]) for i in range(0, points.shape[0], chunk)], dim=0)
 
 
 @register("volume-sdf")

@@ -36,6 +36,20 @@ class RunContext:
 
 
 @dataclasses.dataclass
+class CommonLossConfig:
+    """Weights of the terms every system has (see BaseSystem.common_losses)."""
+
+    lambda_rgb_mse: Weight = 0.0
+    lambda_rgb_l1: Weight = 0.0
+    lambda_mask: Weight = 0.0  # BCE of opacity against the dataset's masks (needs masks)
+    lambda_opaque: Weight = 0.0
+    lambda_distortion: Weight = 0.0
+    # the fields' own regularizers, e.g. the tri-plane's total variation ('tv') and 'l1'
+    lambda_tv: Weight = 0.0
+    lambda_l1: Weight = 0.0
+
+
+@dataclasses.dataclass
 class SystemConfig:
     """Options every system shares."""
 

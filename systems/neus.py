@@ -8,27 +8,20 @@ import torch
 from torch import Tensor
 
 from systems import register
-from systems.base import BaseSystem, SystemConfig
+from systems.base import BaseSystem, CommonLossConfig, SystemConfig
 from systems.losses import Weight, curvature_loss, eikonal_loss, sparsity_loss, weight_nonzero
 
 
 @dataclasses.dataclass
-class NeuSLossConfig:
-    lambda_rgb_mse: Weight = 0.0
+class NeuSLossConfig(CommonLossConfig):
     lambda_rgb_l1: Weight = 1.0
     lambda_eikonal: Weight = 0.1
     # eikonal loss also on uniform random points in the scene box: keeps the SDF distance-like
     # where rays never sample (e.g. inside objects, with model.grid_mode: shell)
     lambda_eikonal_random: Weight = 0.0
     eikonal_random_points: int = 4096
-    lambda_mask: Weight = 0.0  # BCE of opacity against the dataset's masks (needs masks)
-    lambda_opaque: Weight = 0.0
     lambda_sparsity: Weight = 0.0
     lambda_curvature: Weight = 0.0  # needs model.compute_laplace
-    lambda_distortion: Weight = 0.0
-    # the fields' own regularizers, e.g. the tri-plane's total variation ('tv') and 'l1'
-    lambda_tv: Weight = 0.0
-    lambda_l1: Weight = 0.0
     sparsity_scale: float = 1.0
 
 

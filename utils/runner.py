@@ -68,7 +68,6 @@ def build_trainer(cfg: ExperimentConfig, run_paths, action: str):
     t = cfg.trainer
     interactive = t.enable_progress_bar and sys.stderr.isatty()
     callbacks = [] if interactive else [ConsoleProgress()]
-    logger = False
     if action == "train":
         callbacks.append(
             AtomicModelCheckpoint(
