@@ -1,4 +1,9 @@
-"""NeRF: a density field with radiance, rendered by volume rendering."""
+"""NeRF: a density field with radiance, rendered by volume rendering.
+
+Bounded scenes live in the box [-radius, radius]^3. For unbounded ones (real captures) set
+``model.background: {name: nerf-background}``: the box holds the foreground field (with its
+occupancy grid) and a second density field under mip-NeRF 360's contraction covers everything
+beyond it, composited behind (see models/background.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +34,11 @@ class NeRFModel(VolumeRenderer):
         return 1.0 - torch.exp(-self.geometry.density(points) * self.render_step_size)
 
     def render(self, rays_o: Tensor, rays_d: Tensor, background: Tensor) -> Dict[str, Tensor]:
-        """Rays [R, 3], background [R, 3] -> rgb [R, 3], opacity [R, 1], depth [R, 1], ..."""
+        """Rays [R, 3], background [R, 3] -> rgb [R, 3], opacity [R, 1], depth [R, 1], ...
+
+        opacity and depth are the foreground's (inside the scene box); rgb has the learned
+        background (model.background: an unbounded scene) and then the background colour behind it.
+        """
         n_rays = rays_o.shape[0]
 
         def alpha_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
@@ -49,9 +58,10 @@ class NeRFModel(VolumeRenderer):
         out = {
             "opacity": opacity,
             "depth": accumulate_along_rays(weights, midpoints[:, None], ray_indices, n_rays),
-            "rgb": accumulate_along_rays(weights, rgb, ray_indices, n_rays) + background * (1.0 - opacity),
             "num_samples": torch.tensor(float(ray_indices.shape[0]), device=rays_o.device),
         }
+        fg_rgb = accumulate_along_rays(weights, rgb, ray_indices, n_rays)
+        out["rgb"] = self.composite_background(out, fg_rgb, opacity, rays_o, rays_d, background)
         if self.training:
             out.update(weights=weights, t_starts=t_starts, t_ends=t_ends, ray_indices=ray_indices,
                        density_samples=geo["density"])

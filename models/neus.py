@@ -77,6 +77,8 @@ class NeuSModel(VolumeRenderer):
     def render(self, rays_o: Tensor, rays_d: Tensor, background: Tensor) -> Dict[str, Tensor]:
         """Rays [R, 3], background [R, 3] -> rgb [R, 3], opacity [R, 1], depth [R, 1], normal [R, 3], ...
 
+        opacity, depth and normal are the foreground's (inside the scene box); rgb has the learned
+        background (model.background, if any) and then the background colour behind it.
         During training also the per-sample values the losses need (sdf_grad [S, 3], weights [S], ...).
         """
         n_rays = rays_o.shape[0]
@@ -94,9 +96,10 @@ class NeuSModel(VolumeRenderer):
             "opacity": opacity,
             "depth": accumulate_along_rays(weights, midpoints[:, None], ray_indices, n_rays),
             "normal": accumulate_along_rays(weights, normal, ray_indices, n_rays),
-            "rgb": accumulate_along_rays(weights, rgb, ray_indices, n_rays) + background * (1.0 - opacity),
             "num_samples": torch.tensor(float(ray_indices.shape[0]), device=rays_o.device),
         }
+        fg_rgb = accumulate_along_rays(weights, rgb, ray_indices, n_rays)
+        out["rgb"] = self.composite_background(out, fg_rgb, opacity, rays_o, rays_d, background)
         if self.training:
             out.update(
                 sdf_samples=geo["sdf"],
@@ -120,6 +123,13 @@ class NeuSModel(VolumeRenderer):
             normal = F.normalize(geo["grad"], dim=-1)
             colours.append(self.texture(geo["feature"], -normal, normal))
         return torch.cat(colours) if colours else vertices.new_zeros(0, 3)
+
+    def known_empty_fn(self):
+        """As the base class, except that a 'shell' grid also marks the object's inside empty: then
+        only the cells frozen empty (outside the masks' visual hull) count as known empty."""
+        if self.grid is not None and self.cfg.grid_mode == "shell":
+            return self.grid.query_frozen_empty
+        return super().known_empty_fn()
 
     def isosurface_field(self, threshold: float):
         """(fn: points [N, 3] -> values [N], level): the surface is where fn = level, inside below it."""

@@ -1,4 +1,5 @@
-"""What NeuS and NeRF share: the scene box, the occupancy grid, marching, chunked rendering."""
+"""What NeuS and NeRF share: the scene box, the occupancy grid, marching, the optional learned
+background beyond the box, chunked rendering."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +10,7 @@ from torch import Tensor, nn
 
 import models
 from models.rendering import OccupancyGrid, chunked, ray_marching
+from utils.config import component
 
 
 @dataclasses.dataclass
@@ -31,6 +33,9 @@ class RendererConfig:
     grid_init_from_masks: bool = False
     eval_chunk_size: int = 8192  # rays per chunk when rendering whole images
     backend: Literal["auto", "torch", "nerfacc"] = "auto"
+    # a learned background beyond the scene box, for unbounded scenes (e.g. {name: nerf-background});
+    # null: the background colour of the batch shows wherever the foreground is transparent
+    background: Any = component("model", None, help="learned background model (null: none)")
 
 
 class VolumeRenderer(nn.Module):
@@ -53,6 +58,9 @@ class VolumeRenderer(nn.Module):
         self.grid: Optional[OccupancyGrid] = None
         if cfg.grid_prune:
             self.grid = OccupancyGrid(aabb=[-r, -r, -r, r, r, r], resolution=cfg.grid_resolution)
+        self.background: Optional[nn.Module] = None
+        if cfg.background is not None:
+            self.background = models.make(cfg.background.name, cfg.background, path="model.background")
 
     # ------------------------------------------------------------------ per step
     def occupancy_fn(self, points: Tensor) -> Tensor:
@@ -62,6 +70,8 @@ class VolumeRenderer(nn.Module):
     def update_step(self, epoch: int, global_step: int) -> None:
         self.geometry.update_step(epoch, global_step)
         self.texture.update_step(epoch, global_step)
+        if self.background is not None:
+            self.background.update_step(epoch, global_step)
         if self.grid is not None and self.training:
             self.grid.update_every_n_steps(
                 global_step,
@@ -130,8 +140,39 @@ class VolumeRenderer(nn.Module):
             backend=self.cfg.backend,
         )
 
+    def composite_background(self, out: Dict[str, Tensor], fg_rgb: Tensor, opacity: Tensor, rays_o: Tensor,
+                             rays_d: Tensor, background: Tensor) -> Tensor:
+        """The final colour [R, 3] from the foreground's premultiplied colour fg_rgb [R, 3], its
+        opacity [R, 1] and the background colours [R, 3] of the batch.
+
+        Without a learned background: fg_rgb + (1 - opacity) * background. With one (rays [R, 3]),
+        it is rendered beyond the scene box and composited behind the foreground:
+        fg_rgb + (1 - opacity) * (bg_rgb + (1 - bg_opacity) * background); ``out`` then gets
+        bg_rgb [R, 3], bg_opacity [R, 1], bg_depth [R, 1], its samples are added to num_samples,
+        and during training its packed samples (bg_weights, bg_ray_indices, bg_t_starts,
+        bg_t_ends, bg_s_starts, bg_s_ends [S_bg]) are added for the losses.
+        """
+        if self.background is None:
+            return fg_rgb + background * (1.0 - opacity)
+        bg = self.background(rays_o, rays_d, self.aabb, near_plane=self.cfg.near_plane,
+                             far_plane=self.cfg.far_plane, backend=self.cfg.backend)
+        out["bg_rgb"], out["bg_opacity"], out["bg_depth"] = bg["rgb"], bg["opacity"], bg["depth"]
+        out["num_samples"] = out["num_samples"] + bg["num_samples"]
+        if self.training:
+            for key in ("weights", "ray_indices", "t_starts", "t_ends", "s_starts", "s_ends"):
+                out[f"bg_{key}"] = bg[key]
+        return fg_rgb + (1.0 - opacity) * (bg["rgb"] + (1.0 - bg["opacity"]) * background)
+
     def render(self, rays_o: Tensor, rays_d: Tensor, background: Tensor) -> Dict[str, Tensor]:
         raise NotImplementedError
+
+    def known_empty_fn(self) -> Optional[Callable[[Tensor], Tensor]]:
+        """For mesh extraction: points [N, 3] -> bool [N], True where the occupancy grid says space
+        is empty (None without a grid)."""
+        grid = self.grid
+        if grid is None:
+            return None
+        return lambda points: ~grid.query(points)
 
     def forward(self, rays_o: Tensor, rays_d: Tensor, background: Tensor) -> Dict[str, Tensor]:
         """Rays [R, 3] and background colours [R, 3] -> per-ray outputs (rgb [R, 3], opacity [R, 1], ...).

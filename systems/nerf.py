@@ -1,11 +1,12 @@
-"""The NeRF system: photometric loss, optional distortion and opacity regularizers (all shared with
-NeuS, in ``BaseSystem.common_losses``)."""
+"""The NeRF system: photometric loss, optional distortion (of the foreground and of the learned
+background) and opacity regularizers (all shared with NeuS, in ``BaseSystem.common_losses``)."""
 from __future__ import annotations
 
 import dataclasses
+
 from systems import register
 from systems.base import BaseSystem, CommonLossConfig, SystemConfig
-from systems.losses import Weight
+from systems.losses import Weight, weight_nonzero
 
 
 @dataclasses.dataclass
@@ -18,3 +19,8 @@ class NeRFSystem(BaseSystem):
     @dataclasses.dataclass
     class Config(SystemConfig):
         loss: NeRFLossConfig = dataclasses.field(default_factory=NeRFLossConfig)
+
+    def __init__(self, cfg, model_cfg, context) -> None:
+        super().__init__(cfg, model_cfg, context)
+        if weight_nonzero(cfg.loss.lambda_distortion_bg) and self.model.background is None:
+            raise ValueError("system.loss.lambda_distortion_bg > 0 needs a learned background (model.background)")

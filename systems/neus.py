@@ -35,6 +35,8 @@ class NeuSSystem(BaseSystem):
         super().__init__(cfg, model_cfg, context)
         if weight_nonzero(cfg.loss.lambda_curvature) and not self.model.cfg.compute_laplace:
             raise ValueError("system.loss.lambda_curvature > 0 needs model.compute_laplace: true")
+        if weight_nonzero(cfg.loss.lambda_distortion_bg) and self.model.background is None:
+            raise ValueError("system.loss.lambda_distortion_bg > 0 needs a learned background (model.background)")
 
     def losses(self, batch: Dict[str, Tensor], out: Dict[str, Tensor]) -> Dict[str, Tensor]:
         terms = self.common_losses(batch, out)
