@@ -149,3 +149,19 @@ def test_neus_alpha_hand_case():
     # leaving the surface (sdf growing along the ray) is transparent once annealed
     out = neus_alpha(sdf, -grad, dirs, dist, inv_s, cos_anneal_ratio=1.0)
     assert float(out) < 1e-3
+
+
+@pytest.mark.parametrize("grid_mode", ["alpha", "shell"])
+def test_mesh_extraction_skips_only_space_known_to_be_empty(grid_mode):
+    """A 'shell' grid also empties the object's inside, so only the frozen (visual-hull) cells may
+    be skipped when meshing; an 'alpha' grid's empty cells are all empty space."""
+    model = models.make("neus", {"radius": 1.0, "grid_resolution": 4, "grid_mode": grid_mode,
+                                 "geometry": {"name": "volume-sdf", **SDF_CFG}})
+    hull = torch.zeros(4, 4, 4, dtype=torch.bool)
+    hull[1:3, 1:3, 1:3] = True
+    model.grid.set_binary(hull, freeze_empty=True)
+    model.grid.binaries[0, 1, 1, 1] = False  # e.g. the inside of the object in shell mode
+    skip = model.known_empty_fn()
+    pts = torch.tensor([[-0.25, -0.25, -0.25], [0.25, 0.25, 0.25], [-0.75, 0.75, 0.75]])
+    expected = [grid_mode == "alpha", False, True]
+    assert skip(pts).tolist() == expected

@@ -181,3 +181,19 @@ def test_state_dict_round_trip():
     assert torch.equal(fresh.query(x), grid.query(x))
     # what a freshly built grid would answer differs, so the comparison above is meaningful
     assert not torch.equal(OccupancyGrid(BOX, resolution=8, levels=2).query(x), grid.query(x))
+
+
+def test_query_frozen_empty_tells_carved_cells_from_merely_empty_ones():
+    grid = OccupancyGrid(BOX, resolution=4)
+    hull = torch.zeros(4, 4, 4, dtype=torch.bool)
+    hull[1:3, 1:3, 1:3] = True
+    grid.set_binary(hull, freeze_empty=True)
+    # the field then empties one cell inside the hull: empty now, but not for good
+    grid.update(step=0, occ_eval_fn=lambda x: (x[:, 0] > 0).float(), occ_thre=0.5, ema_decay=0.0)
+    inside_emptied = torch.tensor([[-0.25, -0.25, -0.25]])  # cell (1, 1, 1): x < 0
+    inside_kept = torch.tensor([[0.25, 0.25, 0.25]])  # cell (2, 2, 2)
+    carved = torch.tensor([[-0.75, 0.75, 0.75]])  # cell (0, 3, 3), outside the hull
+    outside_box = torch.tensor([[3.0, 0.0, 0.0]])
+    pts = torch.cat([inside_emptied, inside_kept, carved, outside_box])
+    assert grid.query(pts).tolist() == [False, True, False, False]
+    assert grid.query_frozen_empty(pts).tolist() == [False, False, True, False]

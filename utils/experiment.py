@@ -46,7 +46,7 @@ class ExportConfig:
     backend: Literal["auto", "pymcubes", "torchmcubes"] = "auto"
     # map vertices back into the input's world frame (the inverse of the scene normalization)
     world_coordinates: bool = True
-    # skip cells the occupancy grid knows are empty
+    # skip cells the occupancy grid knows are empty (a NeuS "shell" grid: those outside the visual hull)
     use_occupancy_grid: bool = True
 
 

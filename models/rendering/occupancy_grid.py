@@ -60,6 +60,9 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("binaries", torch.zeros((levels,) + resolution, dtype=torch.bool))
         self._pyramid_key = None
         self._pyramid_maps: List[Tuple[Tensor, Tensor]] = []
+        # set by a distributed run: merges the per-cell new values of all processes (an all-reduce
+        # max) before the EMA, so every process applies the same update (see ``update``)
+        self.sync_fn: Optional[Callable[[Tensor], Tensor]] = None
 
     # ----------------------------------------------------------------------------------------
     # cells
@@ -121,6 +124,11 @@ class OccupancyGrid(nn.Module):
         ``max(old * ema_decay, new)`` (a cell drawn twice takes its larger new value); cells not
         evaluated keep their value (as in nerfacc); negative cells stay. Finally
         ``binaries = occs > min(mean of the positive occs, occ_thre)``.
+
+        With ``sync_fn`` set (distributed training), the new values [L * cells] (-inf where a cell
+        was not evaluated) go through it before the EMA; an all-reduce max there makes the update
+        the one a single process would make from all processes' evaluations, and keeps the grid
+        identical everywhere.
         """
         cell_ids = self._cells_to_evaluate(step, warmup_steps, generator)
         x = self._random_points_in_cells(cell_ids, generator)
@@ -130,6 +138,8 @@ class OccupancyGrid(nn.Module):
             raise ValueError(f"occ_eval_fn returned {values.shape[0]} values for {x.shape[0]} points")
         values = values.to(self.occs.dtype)
         new = torch.full_like(self.occs, -math.inf).scatter_reduce_(0, cell_ids, values, reduce="amax")
+        if self.sync_fn is not None:
+            new = self.sync_fn(new)
         evaluated = new > -math.inf
         updated = torch.maximum(self.occs * ema_decay, new)
         self.occs.copy_(torch.where(evaluated & (self.occs >= 0), updated, self.occs))
@@ -182,9 +192,8 @@ class OccupancyGrid(nn.Module):
     # ----------------------------------------------------------------------------------------
     # queries
     # ----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def query(self, x: Tensor) -> Tensor:
-        """Occupancy at world points: x [N, 3] -> bool [N] (False outside the outermost box).
+    def _lookup(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """World points x [N, 3] -> (level [N], cell index [N, 3], inside [N] bool).
 
         A point is looked up in the finest level whose box contains it (boxes closed).
         """
@@ -198,8 +207,22 @@ class OccupancyGrid(nn.Module):
         unit = (xn / (2.0 ** level.to(x.dtype))[:, None] + 1) / 2
         res = torch.tensor(self.resolution, device=x.device)
         idx = torch.minimum((unit * res.to(x.dtype)).floor().long().clamp_min(0), res - 1)
+        return level, idx, inside
+
+    @torch.no_grad()
+    def query(self, x: Tensor) -> Tensor:
+        """Occupancy at world points: x [N, 3] -> bool [N] (False outside the outermost box)."""
+        level, idx, inside = self._lookup(x)
         occ = self.binaries.to(x.device)[level, idx[:, 0], idx[:, 1], idx[:, 2]]
         return occ & inside
+
+    @torch.no_grad()
+    def query_frozen_empty(self, x: Tensor) -> Tensor:
+        """Cells marked empty for good (``set_binary(..., freeze_empty=True)``, e.g. outside a visual
+        hull) at world points: x [N, 3] -> bool [N] (False outside the grid's boxes)."""
+        level, idx, inside = self._lookup(x)
+        frozen = (self.occs < 0).reshape(self.binaries.shape).to(x.device)
+        return frozen[level, idx[:, 0], idx[:, 1], idx[:, 2]] & inside
 
     def pyramid(self) -> List[Tuple[Tensor, Tensor]]:
         """Coarse-to-fine maps for hierarchical marching: [(any_0, all_0), ..., (binaries, binaries)].
