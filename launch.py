@@ -86,13 +86,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     action = next(a for a in ACTIONS if getattr(args, a))
 
     from utils.config import ConfigError
-    from utils.runner import RunError, run
+    from utils.distributed import launch_rank, started_by_lightning_launcher
+    from utils.runner import RunError, RunInterrupted, run
 
+    rank = launch_rank()
+    prefix = "" if rank == 0 else f"[rank {rank}] "
     try:
         return run(action, args, list(extras) + cli_overrides(args), REPO_ROOT)
+    except RunInterrupted as err:
+        if rank == 0:
+            print(f"interrupted: {err}", file=sys.stderr)
+        # a rank that Lightning's launcher started leaves the report (and exit status) to rank 0:
+        # its launcher would kill rank 0 on seeing a child fail
+        return 0 if started_by_lightning_launcher() else err.exit_code
     except (ConfigError, RunError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{prefix}error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prefix}interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

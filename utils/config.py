@@ -303,6 +303,9 @@ class _Parser:
             if raw is None and type(None) in args:
                 return None
             options = [a for a in args if a is not type(None)]
+            # the option of raw's own type first: typing caches Union[int, float] and
+            # Union[float, int] as one, so the declared order cannot be relied on (1 must stay an int)
+            options.sort(key=lambda o: o is not type(raw))
             for option in options:
                 probe = _Parser()
                 out = probe.value(option, raw, path)

@@ -24,7 +24,9 @@ def _prepare(path: Path) -> Path:
 
 
 def to_uint8(img: Tensor | np.ndarray) -> np.ndarray:
-    """Float image [H, W, C] in [0, 1] -> uint8 array."""
+    """Float image [H, W, C] in [0, 1] -> uint8 array (a uint8 array is returned as is)."""
+    if isinstance(img, np.ndarray) and img.dtype == np.uint8:
+        return img
     if isinstance(img, Tensor):
         img = img.detach().float().cpu().numpy()
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
