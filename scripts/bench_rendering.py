@@ -12,7 +12,7 @@ linearly with S (the resident-set high-water mark above the level before the cal
 each call, in a fresh process per ray count with glibc returning freed blocks; Linux only, else
 "n/a" and only the bytes of the packed tensors are reported).
 
-    python scripts/bench_rendering.py [--rays 4096] [--reps 5] [--threads N] [--json]
+    python scripts/bench_rendering.py [--rays 4096] [--reps 5] [--threads N] [--json] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -102,20 +102,20 @@ def peak_extra_bytes(fn: Callable[[], object]) -> Optional[int]:
 # ------------------------------------------------------------------------------------------------
 # scene
 # ------------------------------------------------------------------------------------------------
-def make_grid(res: int = 128) -> OccupancyGrid:
-    grid = OccupancyGrid(BOX, resolution=res)
-    c = (torch.arange(res) + 0.5) / res * 2 - 1
+def make_grid(res: int = 128, device="cpu") -> OccupancyGrid:
+    grid = OccupancyGrid(BOX, resolution=res).to(device)
+    c = (torch.arange(res, device=device) + 0.5) / res * 2 - 1
     r = torch.stack(torch.meshgrid(c, c, c, indexing="ij")).norm(dim=0)
     grid.set_binary((r - SHELL_RADIUS).abs() < SHELL_HALF_WIDTH)
     return grid
 
 
-def make_rays(n: int, seed: int = 0):
+def make_rays(n: int, seed: int = 0, device="cpu"):
     """Rays from cameras on a sphere of radius 2.5 towards the shell (jittered)."""
     g = torch.Generator().manual_seed(seed)
     centres = F.normalize(torch.randn(n, 3, generator=g), dim=-1) * 2.5
     targets = torch.randn(n, 3, generator=g) * 0.3
-    return centres, F.normalize(targets - centres, dim=-1)
+    return centres.to(device), F.normalize(targets - centres, dim=-1).to(device)
 
 
 class Field(torch.nn.Module):
@@ -137,24 +137,24 @@ class Field(torch.nn.Module):
 # ------------------------------------------------------------------------------------------------
 # the measured pieces
 # ------------------------------------------------------------------------------------------------
-def march(rays_o, rays_d, grid):
-    return ray_marching(rays_o, rays_d, grid=grid, render_step_size=STEP, backend="torch")
+def march(rays_o, rays_d, grid, backend: str = "torch"):
+    return ray_marching(rays_o, rays_d, grid=grid, render_step_size=STEP, backend=backend)
 
 
-def composite(samples, raw_sigma, raw_rgb, target, n_rays):
+def composite(samples, raw_sigma, raw_rgb, target, n_rays, backend: str = "torch"):
     ray_indices, t_starts, t_ends = samples
     sigma, rgb = F.softplus(raw_sigma), torch.sigmoid(raw_rgb)
-    weights, _, _ = render_weight_from_density(t_starts, t_ends, sigma, ray_indices, n_rays, backend="torch")
-    color = accumulate_along_rays(weights, rgb, ray_indices, n_rays, backend="torch")
-    opacity = accumulate_along_rays(weights, None, ray_indices, n_rays, backend="torch")
-    depth = accumulate_along_rays(weights, ((t_starts + t_ends) / 2)[:, None], ray_indices, n_rays, backend="torch")
+    weights, _, _ = render_weight_from_density(t_starts, t_ends, sigma, ray_indices, n_rays, backend=backend)
+    color = accumulate_along_rays(weights, rgb, ray_indices, n_rays, backend=backend)
+    opacity = accumulate_along_rays(weights, None, ray_indices, n_rays, backend=backend)
+    depth = accumulate_along_rays(weights, ((t_starts + t_ends) / 2)[:, None], ray_indices, n_rays, backend=backend)
     return F.mse_loss(color, target) + 1e-2 * opacity.mean() + 1e-3 * depth.mean()
 
 
-def pipeline_without_field(rays_o, rays_d, grid, raw_sigma, raw_rgb, target):
+def pipeline_without_field(rays_o, rays_d, grid, raw_sigma, raw_rgb, target, backend: str = "torch"):
     """(a): march, composite, backward into the (stand-in) field outputs."""
-    samples = march(rays_o, rays_d, grid)
-    loss = composite(samples, raw_sigma, raw_rgb, target, rays_o.shape[0])
+    samples = march(rays_o, rays_d, grid, backend)
+    loss = composite(samples, raw_sigma, raw_rgb, target, rays_o.shape[0], backend)
     loss.backward()
     return samples
 
@@ -164,28 +164,39 @@ def field_fwd_bwd(field, x):
     (sigma.mean() + rgb.mean()).backward()
 
 
-def time_ms(fn, reps: int, warmup: int = 1):
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, reps: int, warmup: int = 1, device="cpu"):
     """(median, min) wall time in ms over reps calls after warm-up calls (the min is less
-    sensitive to other processes on a shared machine)."""
+    sensitive to other processes on a shared machine); synchronized on CUDA."""
     for _ in range(warmup):
         fn()
+    _sync(device)
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1e3, min(times) * 1e3
 
 
-def run(n_rays: int, reps: int) -> Dict[str, object]:
+def run(n_rays: int, reps: int, device="cpu", backend: str = "torch", memory: bool = True,
+        grid_res: int = 128) -> Dict[str, object]:
+    """Times of marching, compositing, (a) and (b) for n_rays rays (keys ``<part>_ms`` and
+    ``<part>_min_ms``), samples per ray, and with ``memory`` the peak-memory children (CPU)."""
     torch.manual_seed(0)
-    grid = make_grid()
+    grid = make_grid(grid_res, device)
     grid.pyramid()  # built once per grid state (cached), as during training between updates
-    field = Field()
-    results: Dict[str, object] = {"rays": n_rays, "threads": torch.get_num_threads(), "step": STEP}
+    field = Field().to(device)
+    results: Dict[str, object] = {"rays": n_rays, "threads": torch.get_num_threads(), "step": STEP,
+                                  "device": str(device), "backend": backend}
 
-    rays_o, rays_d = make_rays(n_rays)
-    samples = march(rays_o, rays_d, grid)
+    rays_o, rays_d = make_rays(n_rays, device=device)
+    samples = march(rays_o, rays_d, grid, backend)
     n_samples = samples[0].numel()
     ray_indices, t_starts, t_ends = samples
     x = rays_o[ray_indices] + ((t_starts + t_ends) / 2)[:, None] * rays_d[ray_indices]
@@ -193,36 +204,36 @@ def run(n_rays: int, reps: int) -> Dict[str, object]:
         sigma0, rgb0 = field.mlp(x)[:, 0], field.mlp(x)[:, 1:]
     raw_sigma = sigma0.clone().requires_grad_()
     raw_rgb = rgb0.clone().requires_grad_()
-    target = torch.rand(n_rays, 3)
+    target = torch.rand(n_rays, 3, device=device)
     results["samples"] = n_samples
     results["samples_per_ray"] = n_samples / n_rays
     results["samples_per_hit_ray"] = n_samples / max(1, int(torch.unique(ray_indices).numel()))
 
     def step_a():
         raw_sigma.grad = raw_rgb.grad = None
-        pipeline_without_field(rays_o, rays_d, grid, raw_sigma, raw_rgb, target)
+        pipeline_without_field(rays_o, rays_d, grid, raw_sigma, raw_rgb, target, backend)
 
     def step_composite():
         raw_sigma.grad = raw_rgb.grad = None
-        composite(samples, raw_sigma, raw_rgb, target, n_rays).backward()
+        composite(samples, raw_sigma, raw_rgb, target, n_rays, backend).backward()
 
     def step_b():
         field.zero_grad(set_to_none=True)
         field_fwd_bwd(field, x)
 
     for key, fn in (
-        ("march", lambda: march(rays_o, rays_d, grid)),
+        ("march", lambda: march(rays_o, rays_d, grid, backend)),
         ("composite_fwd_bwd", step_composite),
         ("a_march_composite", step_a),
         ("b_field_fwd_bwd", step_b),
     ):
-        results[f"{key}_ms"], results[f"{key}_min_ms"] = time_ms(fn, reps)
+        results[f"{key}_ms"], results[f"{key}_min_ms"] = time_ms(fn, reps, device=device)
     results["ratio_a_over_b"] = results["a_march_composite_ms"] / results["b_field_fwd_bwd_ms"]
     results["ratio_a_over_b_min"] = results["a_march_composite_min_ms"] / results["b_field_fwd_bwd_min_ms"]
 
     # memory for this ray count and half of it, each in a fresh process (see measure_memory)
-    memory = [_memory_in_subprocess(n, torch.get_num_threads()) for n in (n_rays // 2, n_rays)]
-    results["memory"] = memory
+    if memory:
+        results["memory"] = [_memory_in_subprocess(n, torch.get_num_threads()) for n in (n_rays // 2, n_rays)]
     return results
 
 
@@ -265,7 +276,7 @@ def _memory_in_subprocess(n_rays: int, threads: int) -> Dict[str, object]:
 
 
 def print_table(r: Dict[str, object]) -> None:
-    print(f"rendering core benchmark (torch backend, CPU, {r['threads']} threads)")
+    print(f"rendering core benchmark ({r['backend']} backend, {r['device']}, {r['threads']} threads)")
     print(f"  rays {r['rays']}, samples S = {r['samples']} ({r['samples_per_ray']:.1f} per ray, "
           f"{r['samples_per_hit_ray']:.1f} per ray that hits), step {r['step']:.5f}")
     rows = [
@@ -284,7 +295,7 @@ def print_table(r: Dict[str, object]) -> None:
     def mb(x):
         return "n/a" if x is None else f"{x / 2**20:.1f}"
 
-    for m in r["memory"]:
+    for m in r.get("memory", []):
         per = "n/a" if m["peak_a_bytes_per_sample"] is None else f"{m['peak_a_bytes_per_sample']:.0f}"
         print(f"  {m['rays']:8d} {m['samples']:9d} {mb(m['packed_bytes']):>8s} {mb(m['peak_march_bytes']):>9s} "
               f"{mb(m['peak_composite_fwd_bwd_bytes']):>12s} {mb(m['peak_a_bytes']):>7s} {per:>13s}")
@@ -296,6 +307,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu; memory is measured on cpu only)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "auto", "nerfacc"],
+                        help="rendering backend (default torch)")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -303,7 +317,7 @@ def main() -> None:
     if args.memory_child is not None:
         print(json.dumps(measure_memory(args.memory_child)))
         return
-    results = run(args.rays, args.reps)
+    results = run(args.rays, args.reps, args.device, args.backend, memory=torch.device(args.device).type == "cpu")
     if args.json:
         print(json.dumps(results, indent=2))
     else:

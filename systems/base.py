@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -17,12 +17,16 @@ from torch import Tensor
 import models
 from models.rendering import distortion_loss
 from systems.losses import Weight, check_weight, mask_loss, opaque_loss, weight_at, weight_nonzero
-from systems.metrics import psnr, ssim
+from systems.metrics import load_lpips, psnr, ssim, summarize_image_metrics, write_image_metrics
 from systems.optim import OptimizerConfig, SchedulerConfig, make_optimizer, make_scheduler
 from utils.experiment import ExportConfig
-from utils.saving import colorize_scalar, image_row, save_image, save_json, save_video, to_uint8
+from utils.saving import colorize_scalar, image_row, save_image, save_video, to_uint8
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or its gradients stayed NaN/inf for system.max_consecutive_bad_steps steps in a row."""
 
 
 @dataclasses.dataclass
@@ -44,6 +48,8 @@ class CommonLossConfig:
     lambda_mask: Weight = 0.0  # BCE of opacity against the dataset's masks (needs masks)
     lambda_opaque: Weight = 0.0
     lambda_distortion: Weight = 0.0
+    # distortion loss of the learned background (model.background), in normalized disparity
+    lambda_distortion_bg: Weight = 0.0
     # the fields' own regularizers, e.g. the tri-plane's total variation ('tv') and 'l1'
     lambda_tv: Weight = 0.0
     lambda_l1: Weight = 0.0
@@ -62,6 +68,9 @@ class SystemConfig:
     target_samples_per_step: int = 262144
     max_train_num_rays: int = 8192
     train_num_rays_min: int = 64
+    # a step whose loss or gradients are NaN/inf is skipped (no parameter update) and counted
+    # (train/skipped_steps); this many in a row stop the run, keeping its last (finite) checkpoint
+    max_consecutive_bad_steps: int = 20
     # outputs
     save_video: bool = True
     save_gif: bool = False
@@ -71,6 +80,11 @@ class SystemConfig:
     # geometry metrics against the scene's ground-truth surface at test time, when it has one
     eval_mesh_points: int = 100000
     eval_mesh_threshold: float = 0.01
+    # evaluate only inside this region (world units): [xmin, ymin, zmin, xmax, ymax, zmax] (a box) or
+    # [cx, cy, cz, r] (a sphere); points of both surfaces outside it are dropped first
+    eval_mesh_region: Optional[List[float]] = None
+    # LPIPS at test time, when the lpips package and its weights are installed (else skipped with a message)
+    eval_lpips: bool = True
 
 
 class BaseSystem(pl.LightningModule):
@@ -83,9 +97,24 @@ class BaseSystem(pl.LightningModule):
         self.datamodule_ref = None
         for name, w in self.loss_weights().items():
             check_weight(w, f"system.loss.{name}")
+        try:
+            from utils.geometry_metrics import mesh_region
+
+            mesh_region(cfg.eval_mesh_region)
+        except ValueError as err:
+            raise ValueError(f"system.eval_mesh_region: {err}") from err
         self._val_outputs: List[Dict[str, float]] = []
         self._test_outputs: List[Dict[str, float]] = []
-        self._test_frames: List[np.ndarray] = []
+        self._test_frames: List[Tuple[int, np.ndarray]] = []  # (image index, frame) for the video
+        self._pending_images: List[Tuple[str, np.ndarray]] = []  # distributed: written by rank 0 at epoch end
+        self._gloo_group: Any = None
+        self.last_means: Dict[str, Dict[str, float]] = {}  # the latest logged means, by prefix ("val", "test")
+        if int(cfg.max_consecutive_bad_steps) < 1:
+            raise ValueError(f"system.max_consecutive_bad_steps must be >= 1, got {cfg.max_consecutive_bad_steps}")
+        self.skipped_steps = 0  # steps skipped for a NaN/inf loss or gradient, over the whole run
+        self.restored_step = 0  # the step of weights loaded outside Lightning (launch.py --test/--export)
+        self._bad_in_a_row = 0
+        self._loss_bad = False
 
     # ------------------------------------------------------------------ config helpers
     @property
@@ -112,6 +141,52 @@ class BaseSystem(pl.LightningModule):
         kept = self.model.init_grid_from_masks(train.c2w, train.intrinsics, train.alpha)
         log.info("occupancy grid started from the masks' visual hull: %.1f%% of the box kept", 100 * kept)
 
+    def apply_step_state(self) -> None:
+        """Step-dependent model state (NeuS's cosine annealing, the progressive hash grid's levels)
+        as after the last training step, so evaluating a checkpoint later renders what evaluating
+        at the end of training did. Only in eval mode: then the occupancy grid is left alone."""
+        if not self.model.training:
+            self.model.update_step(self.current_epoch, max(self.global_step, self.restored_step))
+
+    def on_validation_start(self) -> None:
+        self.apply_step_state()
+
+    def on_test_start(self) -> None:
+        self.apply_step_state()
+
+    def on_predict_start(self) -> None:
+        self.apply_step_state()
+
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:
+            # the weights are the same everywhere (DDP broadcasts rank 0's); the random streams
+            # (stratified samples, occupancy-grid probes) differ per rank, so ranks add information
+            torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
+
+    def on_train_start(self) -> None:
+        grid = getattr(self.model, "grid", None)
+        if grid is not None and self.trainer.world_size > 1:
+            grid.sync_fn = self._all_reduce_max  # every rank applies the same grid update
+
+    def on_train_end(self) -> None:
+        grid = getattr(self.model, "grid", None)
+        if grid is not None:
+            grid.sync_fn = None
+
+    @staticmethod
+    def _all_reduce_max(values: Tensor) -> Tensor:
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+        return values
+
+    def _sum_over_ranks(self, *values: float) -> List[float]:
+        """Per-step scalars summed over all processes (one small all-reduce; as is on one process)."""
+        trainer = self._trainer  # None outside a Trainer (self.trainer would raise)
+        if trainer is None or trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(total)
+        return total.tolist()
+
     def on_train_batch_start(self, batch: Dict[str, Tensor], batch_idx: int) -> None:
         self.model.update_step(self.current_epoch, self.global_step)
 
@@ -129,9 +204,43 @@ class BaseSystem(pl.LightningModule):
         self.log("train/psnr", train_psnr, prog_bar=True)
         self.log("train/num_rays", float(n_rays), prog_bar=True)
         self.log("train/samples_per_ray", n_samples / max(1, n_rays))
+        self.log("train/skipped_steps", float(self.skipped_steps))
         self.log_extra_train_stats()
-        self.adjust_num_rays(n_rays, n_samples)
+        # one collective per step in a distributed run: the global sample and ray counts and
+        # whether any rank's loss is NaN/inf (then every rank skips the step)
+        world = self._trainer.world_size if self._trainer is not None else 1
+        all_samples, all_rays, bad_ranks = self._sum_over_ranks(
+            n_samples, float(n_rays), float(not bool(torch.isfinite(loss.detach()))))
+        self._loss_bad = bad_ranks > 0
+        self.adjust_num_rays(all_rays / world, all_samples / world)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip the update when the loss or a gradient is NaN/inf (gradients are already reduced
+        over the processes here, so every rank decides the same); stop after too many in a row."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            finite = True  # mixed precision: the grad scaler skips inf/NaN gradients itself (and rescales)
+        if finite and not self._loss_bad:
+            self._bad_in_a_row = 0
+            return
+        for group in optimizer.param_groups:  # the optimizer skips parameters without a gradient
+            for p in group["params"]:
+                p.grad = None
+        self.skipped_steps += 1
+        self._bad_in_a_row += 1
+        what = "loss" if self._loss_bad else "gradients"
+        log.warning("step %d skipped: the %s had NaN/inf values (%d skipped so far, %d in a row)",
+                    self.global_step, what, self.skipped_steps, self._bad_in_a_row)
+        limit = int(self.cfg.max_consecutive_bad_steps)
+        if self._bad_in_a_row >= limit:
+            raise TrainingDiverged(
+                f"training stopped at step {self.global_step}: the loss or its gradients were NaN/inf in "
+                f"{self._bad_in_a_row} steps in a row (system.max_consecutive_bad_steps={limit}); no update "
+                "was made from them, so the weights and checkpoints stay finite. Lower the learning rate, "
+                "check the data, or set gradient clipping (trainer.gradient_clip_val)"
+            )
 
     def log_extra_train_stats(self) -> None:
         pass
@@ -158,21 +267,25 @@ class BaseSystem(pl.LightningModule):
             terms["distortion"] = distortion_loss(
                 out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], opacity.shape[0]
             ).mean()
+        if weight_nonzero(loss_cfg.lambda_distortion_bg):
+            if "bg_weights" not in out:
+                raise ValueError("system.loss.lambda_distortion_bg > 0 needs a learned background (model.background)")
+            terms["distortion_bg"] = distortion_loss(
+                out["bg_weights"], out["bg_s_starts"], out["bg_s_ends"], out["bg_ray_indices"], opacity.shape[0]
+            ).mean()
         regs = self.model.geometry.regularizations()
         for name in ("tv", "l1"):
             if weight_nonzero(getattr(loss_cfg, f"lambda_{name}")) and name in regs:
                 terms[name] = regs[name]
         return terms
 
-    def adjust_num_rays(self, n_rays: int, n_samples: float) -> None:
-        """Dynamic ray sampling: scale next step's ray count toward the target sample count."""
+    def adjust_num_rays(self, n_rays: float, n_samples: float) -> None:
+        """Dynamic ray sampling: scale next step's ray count toward the target sample count.
+
+        In a distributed run the arguments are the means over the processes, so every process
+        draws the same number of rays and aims at target_samples_per_step samples of its own."""
         if not self.cfg.dynamic_ray_sampling:
             return
-        trainer = self._trainer  # None outside a Trainer (self.trainer would raise)
-        if trainer is not None and trainer.world_size > 1:
-            total = torch.tensor([n_samples, float(n_rays)], device=self.device)
-            total = trainer.strategy.reduce(total, reduce_op="sum")
-            n_samples, n_rays = float(total[0]) / trainer.world_size, float(total[1]) / trainer.world_size
         per_ray = max(n_samples / max(n_rays, 1.0), 1.0)
         wanted = int(self.cfg.target_samples_per_step / per_ray)
         # move part way to damp oscillation
@@ -184,9 +297,11 @@ class BaseSystem(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["train_num_rays"] = self.n_rays
+        checkpoint["skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         self.n_rays = int(checkpoint.get("train_num_rays", self.n_rays))
+        self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
         if self.datamodule_ref is not None and self.datamodule_ref.train_dataset is not None:
             self.datamodule_ref.train_dataset.n_rays = self.n_rays
 
@@ -227,31 +342,88 @@ class BaseSystem(pl.LightningModule):
         out = self.render_image(batch)
         grid = self.image_grid(batch, out, h, w)
         index = int(batch["index"])
-        # each process renders its own share of the images, so each saves what it rendered
-        save_image(self.context.save_dir / f"val/step{self.global_step:07d}/{index:03d}.png", grid)
+        self._save_eval_image(self.context.save_dir / f"val/step{self.global_step:07d}/{index:03d}.png", grid)
         if batch_idx < self.cfg.log_val_images and self.logger is not None and hasattr(self.logger, "experiment"):
             self.logger.experiment.add_image(f"val/{index:03d}", grid.permute(2, 0, 1).clamp(0, 1), self.global_step)
         metrics = self._metrics(batch, out, h, w)
-        self._val_outputs.append(metrics)
+        if metrics:
+            self._val_outputs.append({"index": index, **metrics})
 
     def on_validation_epoch_end(self) -> None:
+        self._write_pending()
         self._log_mean(self._val_outputs, "val")
+        rows = self._gather_rows(self._val_outputs)
+        if rows and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            write_image_metrics(self.context.save_dir / f"val/step{self.global_step:07d}/metrics",
+                                summarize_image_metrics(rows))
         self._val_outputs = []
 
     def _log_mean(self, outputs: List[Dict[str, float]], prefix: str) -> Dict[str, float]:
-        """Mean of per-image metrics over all images of all processes."""
-        keys = sorted({k for o in outputs for k in o if k != "index"})
+        """Mean of per-image metrics over all images of all processes (each image once), logged
+        as ``<prefix>/<metric>``; every process computes the same values."""
+        rows = self._gather_rows(outputs)
+        keys = sorted({k for o in rows for k in o if k != "index"})
         means: Dict[str, float] = {}
         for key in keys:
-            values = torch.tensor([[sum(o[key] for o in outputs if key in o), float(sum(key in o for o in outputs))]],
-                                  dtype=torch.float64, device=self.device)
-            if self.trainer.world_size > 1:
-                values = self.trainer.strategy.reduce(values, reduce_op="sum")
-            total, count = values[0].tolist()
-            if count > 0:
-                means[key] = total / count
-                self.log(f"{prefix}/{key}", means[key], prog_bar=prefix == "val", sync_dist=False, rank_zero_only=True)
+            values = [float(o[key]) for o in rows if key in o]
+            if values:
+                means[key] = sum(values) / len(values)
+                # equal on all ranks already: a max over them keeps the value exact (and Lightning quiet)
+                self.log(f"{prefix}/{key}", means[key], prog_bar=prefix == "val", sync_dist=True, reduce_fx="max")
+        self.last_means[prefix] = means
         return means
+
+    # ------------------------------------------------------------------ distributed evaluation
+    # Lightning's DistributedSampler gives each process a share of the images, repeating the first
+    # ones so all shares have the same length. Rows and frames are gathered and de-duplicated by
+    # image index; images, video, metrics files and the mesh are written once, by rank zero.
+    def _distributed(self) -> bool:
+        trainer = self._trainer  # None outside a Trainer (self.trainer would raise)
+        return trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized()
+
+    def _object_group(self):
+        """The process group for gathering Python objects: a CPU (gloo) group beside NCCL, so
+        images do not pass through GPU memory."""
+        if torch.distributed.get_backend() == "gloo":
+            return None
+        if self._gloo_group is None:
+            self._gloo_group = torch.distributed.new_group(backend="gloo")
+        return self._gloo_group
+
+    def _gather_to_zero(self, obj: Any) -> List[Any]:
+        """obj of every process, on rank zero (in rank order); [] elsewhere; [obj] on one process."""
+        if not self._distributed():
+            return [obj]
+        zero = self.trainer.is_global_zero
+        out: Optional[List[Any]] = [None] * self.trainer.world_size if zero else None
+        torch.distributed.gather_object(obj, out, dst=0, group=self._object_group())
+        return out if zero else []
+
+    def _save_eval_image(self, path: Path, img: Tensor) -> None:
+        if self._distributed():
+            self._pending_images.append((str(path), to_uint8(img)))
+        else:
+            save_image(path, img)
+
+    def _write_pending(self) -> None:
+        """Distributed: rank zero writes the images all processes rendered this epoch, each once."""
+        if not self._distributed():
+            return
+        parts = self._gather_to_zero(self._pending_images)
+        self._pending_images = []
+        written = set()
+        for path, img in (item for part in parts for item in part):
+            if path not in written:
+                written.add(path)
+                save_image(path, img)
+
+    def _gather_frames(self, frames: List[Tuple[int, np.ndarray]]) -> List[np.ndarray]:
+        """Video frames of all processes in image order, each once (on rank zero; [] elsewhere)."""
+        by_index: Dict[int, np.ndarray] = {}
+        for part in self._gather_to_zero(frames):
+            for index, frame in part:
+                by_index.setdefault(index, frame)
+        return [by_index[i] for i in sorted(by_index)]
 
     # ------------------------------------------------------------------ test
     def test_step(self, batch: Dict[str, Tensor], batch_idx: int) -> None:
@@ -259,28 +431,56 @@ class BaseSystem(pl.LightningModule):
         out = self.render_image(batch)
         index = int(batch["index"])
         grid = self.image_grid(batch, out, h, w)
-        save_image(self.context.save_dir / f"test/{index:03d}.png", grid)
-        self._test_frames.append(to_uint8(grid))
+        self._save_eval_image(self.context.save_dir / f"test/{index:03d}.png", grid)
+        self._test_frames.append((index, to_uint8(grid)))
         metrics = self._metrics(batch, out, h, w)
         if metrics:
+            if self.cfg.eval_lpips:
+                lpips_fn, _ = load_lpips()
+                if lpips_fn is not None:
+                    pred = out["rgb"].reshape(h, w, 3).clamp(0, 1)
+                    metrics["lpips"] = float(lpips_fn(pred, batch["rgb"].reshape(h, w, 3)))
             self._test_outputs.append({"index": index, **metrics})
 
+    def _gather_rows(self, rows: List[Dict[str, float]]) -> List[Dict[str, float]]:
+        """Per-image metric rows of all processes (each renders its own share of the images), each
+        image once (the sampler repeats some to even out the shares), in image order."""
+        if not self._distributed():
+            return list(rows)
+        gathered: List[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, list(rows), group=self._object_group())
+        by_index: Dict[Any, Dict[str, float]] = {}
+        for row in (row for part in gathered for row in part):
+            by_index.setdefault(row.get("index"), row)
+        return [by_index[k] for k in sorted(by_index, key=lambda k: (k is None, k if k is not None else 0))]
+
     def on_test_epoch_end(self) -> None:
-        results: Dict[str, Any] = {}
-        if self._test_outputs:
-            results["mean"] = self._log_mean(self._test_outputs, "test")
-            results["per_image"] = self._test_outputs
+        """Per-image and mean image metrics (when the split has ground truth), the video, the mesh
+        and its geometry metrics (when the scene has a ground-truth surface), written to
+        save/test_metrics_stepN.json and .csv (per image + mean)."""
+        self._write_pending()
+        frames = self._gather_frames(self._test_frames)
+        rows = self._gather_rows(self._test_outputs)
+        extra: Dict[str, Any] = {}
+        if rows:
+            self._log_mean(self._test_outputs, "test")
+            if self.cfg.eval_lpips:
+                _, reason = load_lpips()
+                if reason is not None:
+                    extra["lpips"] = f"skipped: {reason}"  # (load_lpips says so once in the log)
         else:
+            extra["image_metrics"] = "skipped: the test split has no ground truth"
             log.info("the test split has no ground truth: image metrics skipped")
         if self.trainer.is_global_zero:
-            self._write_video(self._test_frames, "test")
+            self._write_video(frames, "test")
             if self.cfg.export_mesh_at_test:
                 mesh_paths = self.export_mesh(tag=f"step{self.global_step:07d}")
                 geometry = self.evaluate_geometry(mesh_paths)
                 if geometry:
-                    results["geometry"] = geometry
-            if results:
-                save_json(self.context.save_dir / f"test_metrics_step{self.global_step:07d}.json", results)
+                    extra["geometry"] = geometry
+            json_path, csv_path = write_image_metrics(
+                self.context.save_dir / f"test_metrics_step{self.global_step:07d}", summarize_image_metrics(rows), extra)
+            log.info("test metrics: %s%s", json_path, f" and {csv_path.name}" if csv_path else "")
         self._test_outputs = []
         self._test_frames = []
 
@@ -298,12 +498,14 @@ class BaseSystem(pl.LightningModule):
         out = self.render_image(batch)
         index = int(batch["index"])
         rgb = out["rgb"].reshape(h, w, 3)
-        save_image(self.context.save_dir / f"predict/{index:03d}.png", rgb)
-        self._test_frames.append(to_uint8(rgb))
+        self._save_eval_image(self.context.save_dir / f"predict/{index:03d}.png", rgb)
+        self._test_frames.append((index, to_uint8(rgb)))
 
     def on_predict_epoch_end(self) -> None:
+        self._write_pending()
+        frames = self._gather_frames(self._test_frames)
         if self.trainer.is_global_zero:
-            self._write_video(self._test_frames, "predict")
+            self._write_video(frames, "predict")
         self._test_frames = []
 
     # ------------------------------------------------------------------ export
@@ -319,8 +521,7 @@ class BaseSystem(pl.LightningModule):
         try:
             r = float(self.model.cfg.radius)
             field, level = self.model.isosurface_field(cfg.threshold)
-            grid = self.model.grid if cfg.use_occupancy_grid else None
-            skip = (lambda pts: ~grid.query(pts)) if grid is not None else None
+            skip = self.model.known_empty_fn() if cfg.use_occupancy_grid else None
             bounds = (torch.full((3,), -r, device=self.device), torch.full((3,), r, device=self.device))
             mesh = extract_isosurface(
                 field, bounds, cfg.resolution, threshold=level, chunk_size=cfg.chunk_size,
@@ -344,17 +545,19 @@ class BaseSystem(pl.LightningModule):
         """Accuracy / completeness / Chamfer / F-score of the exported mesh against the ground truth."""
         if not self.context.gt_mesh_path or not mesh_paths or not self.context.export.world_coordinates:
             return None
-        from utils.geometry_metrics import evaluate_mesh
+        from utils.geometry_metrics import evaluate_mesh, mesh_region
 
+        region = mesh_region(self.cfg.eval_mesh_region)
         metrics = evaluate_mesh(
             str(mesh_paths[0]), self.context.gt_mesh_path,
-            n_points=self.cfg.eval_mesh_points, threshold=self.cfg.eval_mesh_threshold,
+            n_points=self.cfg.eval_mesh_points, threshold=self.cfg.eval_mesh_threshold, region=region,
         )
         for key, value in metrics.items():
             if self.logger is not None and hasattr(self.logger, "experiment"):
                 self.logger.experiment.add_scalar(f"test/mesh_{key}", value, self.global_step)
         log.info("mesh vs ground truth: %s", ", ".join(f"{k}={v:.5f}" for k, v in metrics.items()))
-        return metrics
+        return dict(metrics, threshold=float(self.cfg.eval_mesh_threshold),
+                    region=None if region is None else region.to_dict())
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):

@@ -1,16 +1,25 @@
-"""Image metrics for validation and testing: PSNR and SSIM (pure torch, any device).
+"""Image metrics for validation and testing: PSNR and SSIM (pure torch, any device), LPIPS when
+the ``lpips`` package and its weights are installed, and the per-image table written to a run.
 
 Images are channels-last, values in [0, ``max_val``]. Axis names: H height, W width, C channels.
 """
 from __future__ import annotations
 
-from typing import Optional
+import csv
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["psnr", "ssim", "gaussian_window"]
+__all__ = ["psnr", "ssim", "gaussian_window", "load_lpips", "lpips_skip_reason", "summarize_image_metrics",
+           "write_image_metrics"]
+
+log = logging.getLogger(__name__)
 
 
 def psnr(pred: Tensor, gt: Tensor, mask: Optional[Tensor] = None, max_val: float = 1.0) -> Tensor:
@@ -86,3 +95,150 @@ def ssim(pred: Tensor, gt: Tensor, max_val: float = 1.0, window_size: int = 11,
     c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return s.mean().to(torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# LPIPS (optional)
+# ------------------------------------------------------------------------------------------------
+# torchvision weights of the LPIPS backbones (what lpips.LPIPS(pretrained=True) loads through
+# torchvision; it would download them into torch.hub's cache when missing, which we never do)
+_LPIPS_BACKBONE_WEIGHTS = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}
+_lpips_cache: Dict[str, Tuple[Optional[Callable], Optional[str]]] = {}
+
+
+def _backbone_weights_missing(net: str) -> Optional[str]:
+    """None when torchvision's pretrained weights of ``net`` are in torch.hub's cache, else why not."""
+    try:
+        import torchvision.models as tvm
+    except Exception as err:  # noqa: BLE001 (an incompatible torchvision raises more than ImportError)
+        return f"torchvision does not import ({err.__class__.__name__}: {err})"
+    weights = getattr(tvm, _LPIPS_BACKBONE_WEIGHTS[net], None)
+    if weights is None:
+        return f"this torchvision has no {_LPIPS_BACKBONE_WEIGHTS[net]}"
+    url = weights.IMAGENET1K_V1.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if not path.is_file():
+        return f"the {net} backbone weights are not in {path.parent} (expected {path.name})"
+    return None
+
+
+def load_lpips(net: str = "alex") -> Tuple[Optional[Callable[[Tensor, Tensor], Tensor]], Optional[str]]:
+    """LPIPS (Zhang et al. 2018) if the ``lpips`` package imports and its weights are on disk.
+
+    Returns (fn, None) with ``fn(pred, gt) -> scalar tensor`` for images [H, W, 3] in [0, 1] on
+    any device, or (None, reason) when it cannot be used; nothing is downloaded. The result is
+    cached per ``net`` ("alex", "vgg" or "squeeze").
+    """
+    if net not in _LPIPS_BACKBONE_WEIGHTS:
+        raise ValueError(f"lpips net must be one of {sorted(_LPIPS_BACKBONE_WEIGHTS)}, got '{net}'")
+    if net in _lpips_cache:
+        return _lpips_cache[net]
+    result: Tuple[Optional[Callable], Optional[str]]
+    try:
+        import lpips  # noqa: F401
+    except Exception as err:  # noqa: BLE001
+        result = (None, f"the 'lpips' package is not installed ({err.__class__.__name__}: {err})")
+    else:
+        missing = _backbone_weights_missing(net)
+        if missing is not None:
+            result = (None, missing)
+        else:
+            try:
+                model = lpips.LPIPS(net=net, verbose=False).eval()
+                for p in model.parameters():
+                    p.requires_grad_(False)
+            except Exception as err:  # noqa: BLE001
+                result = (None, f"lpips.LPIPS(net='{net}') failed ({err.__class__.__name__}: {err})")
+            else:
+                result = (_lpips_fn(model), None)
+    _lpips_cache[net] = result
+    if result[1] is not None:
+        log.info("LPIPS skipped: %s", result[1])  # once per process: the result is cached
+    return result
+
+
+def _lpips_fn(model: torch.nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    def fn(pred: Tensor, gt: Tensor) -> Tensor:
+        """pred, gt [H, W, 3] in [0, 1] -> scalar float32 (lower is closer)."""
+        if pred.shape != gt.shape or pred.dim() != 3 or pred.shape[-1] != 3:
+            raise ValueError(f"lpips expects two [H, W, 3] images, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+        device = pred.device
+        model.to(device)
+        x = pred.float().permute(2, 0, 1)[None]
+        y = gt.float().permute(2, 0, 1).to(device)[None]
+        with torch.no_grad():
+            d = model(x, y, normalize=True)  # normalize: inputs in [0, 1] -> [-1, 1]
+        return d.reshape(()).float()
+
+    return fn
+
+
+def lpips_skip_reason(net: str = "alex") -> Optional[str]:
+    """Why LPIPS is not computed (None when it is)."""
+    return load_lpips(net)[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# per-image metrics of a split
+# ------------------------------------------------------------------------------------------------
+def summarize_image_metrics(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per-image rows ``{"index": i, "psnr": ..., ...}`` -> ``{"per_image": rows sorted by index
+    (one per index), "mean": {metric: mean over the images that have it}, "n_images": n}``.
+
+    A repeated index (a distributed sampler pads the last batch with repeats) counts once.
+    Infinite values (PSNR of an exact match) are kept per image; a mean containing one is inf.
+    """
+    by_index: Dict[int, Dict[str, Any]] = {}
+    for row in rows:
+        by_index.setdefault(int(row["index"]), dict(row, index=int(row["index"])))
+    per_image = [by_index[i] for i in sorted(by_index)]
+    keys: List[str] = []
+    for row in per_image:
+        keys += [k for k in row if k != "index" and k not in keys]
+    mean = {}
+    for key in keys:
+        values = [float(r[key]) for r in per_image if key in r]
+        mean[key] = math.fsum(values) / len(values)
+    return {"per_image": per_image, "mean": mean, "n_images": len(per_image)}
+
+
+def _json_number(v: float) -> Any:
+    return v if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
+
+
+def write_image_metrics(path_stem: os.PathLike | str, summary: Dict[str, Any],
+                        extra: Optional[Dict[str, Any]] = None) -> Tuple[Path, Optional[Path]]:
+    """Write ``summarize_image_metrics`` output as ``<stem>.json`` and ``<stem>.csv``.
+
+    The CSV has one row per image (``index`` then the metrics) and a last row ``mean``; it is
+    written only when there are images. ``extra`` entries are added to the JSON (e.g. geometry
+    metrics, or a note that image metrics were skipped). Non-finite numbers are written as the
+    strings "inf" / "-inf" / "nan" in the JSON (which has no such numbers) and as is in the CSV.
+    Returns (json path, csv path or None).
+    """
+    from utils.saving import save_json
+
+    stem = Path(path_stem)
+    data: Dict[str, Any] = {}
+    if summary.get("per_image"):
+        data["mean"] = {k: _json_number(v) for k, v in summary["mean"].items()}
+        data["n_images"] = summary["n_images"]
+        data["per_image"] = [{k: (v if k == "index" else _json_number(float(v))) for k, v in r.items()}
+                             for r in summary["per_image"]]
+    data.update(extra or {})
+    json_path = save_json(stem.with_name(stem.name + ".json"), data)
+    csv_path = None
+    if summary.get("per_image"):
+        keys = list(summary["mean"])
+        csv_path = stem.with_name(stem.name + ".csv")
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", *keys])
+            for row in summary["per_image"]:
+                writer.writerow([row["index"], *[_fmt(row.get(k)) for k in keys]])
+            writer.writerow(["mean", *[_fmt(summary["mean"][k]) for k in keys]])
+    return json_path, csv_path
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "" if v is None else repr(float(v))

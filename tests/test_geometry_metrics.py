@@ -153,3 +153,83 @@ def test_eval_script_runs_from_anywhere(tmp_path):
     metrics = json.loads(proc.stdout)
     assert metrics["fscore"] == 1.0
     assert metrics["chamfer"] == pytest.approx(0.05, abs=0.01)
+
+
+# ------------------------------------------------------------------------------------------------
+# regions (box / sphere), point-cloud ground truth and JSON output of the script
+# ------------------------------------------------------------------------------------------------
+def test_unit_sphere_against_a_sphere_of_radius_1_01():
+    # a unit sphere mesh against an analytic point cloud on the sphere of radius 1.01: every
+    # distance is the radial gap 0.01 plus the sideways sampling gap (0.5 sqrt(A / N) = 0.0056
+    # for 100k points, which adds ~0.002 in quadrature); the icosphere's chords add < 0.0002
+    pred = icosphere(1.0, 5)
+    gt = sphere_points(100_000, 1.01, seed=5)
+    m = evaluate_mesh(pred, gt, n_points=100_000, threshold=0.03)
+    assert m["chamfer"] == pytest.approx(0.01, abs=0.0025)
+    assert m["accuracy"] >= 0.0098 and m["completeness"] >= 0.0098  # never below the radial gap
+    assert m["fscore"] == 1.0
+    # brute force on a few predicted points: the same nearest distances as the KD-tree
+    pts = sample_surface(pred, 100_000, seed=0)[:40]
+    d = np.array([np.sqrt(((gt - p) ** 2).sum(1)).min() for p in pts])
+    assert mesh_distance_metrics(pts, gt)["accuracy"] == pytest.approx(d.mean(), rel=1e-9)
+
+
+def test_sphere_region_and_region_parsing():
+    from utils.geometry_metrics import Box, Sphere, as_region
+
+    gt = sphere_points(3000, 1.0, seed=11)
+    far = np.array([3.0, 0.0, 0.0]) + 0.2 * sphere_points(400, 1.0, seed=12)
+    pred = np.concatenate([gt, far])
+    kept = mesh_distance_metrics(pred, gt, region=Sphere([0, 0, 0], 1.5))
+    assert kept["n_pred"] == 3000 and kept["accuracy"] == 0.0 and kept["fscore"] == 1.0
+    # a sphere that keeps a cap of the unit sphere: counts match a brute-force test of each point
+    centre, r = np.array([0.0, 0.0, 1.0]), 0.8
+    inside = np.linalg.norm(gt - centre, axis=1) <= r
+    cap = mesh_distance_metrics(gt, gt, region={"sphere": [0, 0, 1, 0.8]})
+    assert cap["n_gt"] == cap["n_pred"] == int(inside.sum()) and 0 < inside.sum() < 3000
+    # a box that holds all of the unit sphere and none of the far cluster
+    box = mesh_distance_metrics(pred, gt, region=Box([-2, -2, -2], [2, 2, 2]))
+    assert box["n_pred"] == 3000
+    assert as_region(([-1, -1, -1], [1, 1, 1])) == Box((-1, -1, -1), (1, 1, 1))
+    assert as_region({"box": [0, 0, 0, 1, 2, 3]}) == Box((0, 0, 0), (1, 2, 3))
+    assert as_region(None) is None
+    with pytest.raises(ValueError, match="min < max"):
+        Box([0, 0, 0], [1, 0, 1])
+    with pytest.raises(ValueError, match="radius"):
+        Sphere([0, 0, 0], -1.0)
+    with pytest.raises(ValueError):
+        as_region({"cube": [1, 2, 3]})
+
+
+def test_eval_script_point_cloud_ground_truth_sphere_region_and_json_file(tmp_path, capsys):
+    save_mesh(tmp_path / "pred.ply", icosphere(1.0, 4))
+    gt = sphere_points(30_000, 1.01, seed=21)
+    np.savetxt(tmp_path / "gt.xyz", gt)
+    trimesh.PointCloud(gt).export(tmp_path / "gt_cloud.ply")  # a .ply without faces
+    # restrict to the upper cap (z > 0.5) with a sphere around the pole
+    out = tmp_path / "out" / "metrics.json"
+    args = [str(tmp_path / "pred.ply"), str(tmp_path / "gt.xyz"), "--n-points", "30000",
+            "--threshold", "0.05", "--sphere", "0", "0", "1.01", "0.9", "--output", str(out)]
+    assert eval_main(args) == 0
+    table = capsys.readouterr().out
+    assert "inside the sphere 0 0 1.01 0.9" in table and str(out) in table
+    m = json.loads(out.read_text())
+    assert m["region"] == {"sphere": [0.0, 0.0, 1.01, 0.9]} and m["threshold"] == 0.05
+    expected_gt = int((np.linalg.norm(gt - [0, 0, 1.01], axis=1) <= 0.9).sum())
+    assert m["n_gt"] == expected_gt  # the point cloud is used as is, then cropped
+    # at least the radial gap 0.01; the rest is the sampling gap of 30k points (about 0.5 sqrt(A / N) = 0.01
+    # sideways, i.e. sqrt(0.01^2 + 0.01^2) at most on average)
+    assert 0.0098 < m["chamfer"] < 0.0145 + 0.002 and m["fscore"] == 1.0
+    # the faceless .ply gives the same ground-truth set, and --json prints the same numbers
+    assert eval_main([str(tmp_path / "pred.ply"), str(tmp_path / "gt_cloud.ply"), "--n-points", "30000",
+                      "--threshold", "0.05", "--sphere", "0", "0", "1.01", "0.9", "--json"]) == 0
+    m2 = json.loads(capsys.readouterr().out)
+    assert m2["n_gt"] == expected_gt and m2["chamfer"] == pytest.approx(m["chamfer"], rel=1e-6)
+    # box and sphere together are refused; an empty region is an error, not a number
+    with pytest.raises(SystemExit):
+        eval_main([str(tmp_path / "pred.ply"), str(tmp_path / "gt.xyz"), "--sphere", "0", "0", "0", "1",
+                   "--region", "-1", "-1", "-1", "1", "1", "1"])
+    capsys.readouterr()
+    assert eval_main([str(tmp_path / "pred.ply"), str(tmp_path / "gt.xyz"), "--n-points", "1000",
+                      "--sphere", "5", "5", "5", "0.1"]) == 1
+    assert "no predicted points inside region" in capsys.readouterr().err

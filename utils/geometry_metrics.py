@@ -11,14 +11,18 @@ is in millimetres, that is e.g. 1.0 mm; for a unit-scale object, e.g. 0.01).
 - precision / recall: fraction of predicted / ground-truth points closer than ``threshold``
   to the other set; fscore = 2 P R / (P + R) (0 when both are 0).
 
+A region (``Box`` or ``Sphere``, or a ``(min [3], max [3])`` pair meaning a box) restricts the
+evaluation: points of both sets outside it are dropped before any distance is computed.
+
 Meshes are compared through points sampled uniformly on their surfaces (area-weighted).
 Axis names in shapes: N predicted points, M ground-truth points, V vertices, F faces.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,7 +30,6 @@ import torch
 from utils.mesh_io import Mesh, load_trimesh
 
 PathLike = Union[str, os.PathLike]
-Region = Tuple[Sequence[float], Sequence[float]]
 POINT_CLOUD_EXTENSIONS = (".npy", ".xyz", ".txt", ".pts")
 
 
@@ -75,12 +78,94 @@ def sample_surface(mesh, n_points: int, seed: int = 0) -> np.ndarray:
     return w0[:, None] * t[:, 0] + w1[:, None] * t[:, 1] + w2[:, None] * t[:, 2]
 
 
-def _crop(points: np.ndarray, region: Optional[Region]) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """Axis-aligned box [lo, hi] (both corners included)."""
+
+    lo: Tuple[float, float, float]
+    hi: Tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        lo, hi = _vec3(self.lo, "box min"), _vec3(self.hi, "box max")
+        if any(a >= b for a, b in zip(lo, hi)):
+            raise ValueError(f"a box needs min < max on every axis, got min {lo} and max {hi}")
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """points [N, 3] -> inside [N] bool."""
+        return np.all((points >= np.asarray(self.lo)) & (points <= np.asarray(self.hi)), axis=1)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"box": [*self.lo, *self.hi]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sphere:
+    """Ball of ``radius`` around ``center`` (the boundary included)."""
+
+    center: Tuple[float, float, float]
+    radius: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "center", _vec3(self.center, "sphere centre"))
+        r = float(self.radius)
+        if not np.isfinite(r) or r <= 0:
+            raise ValueError(f"a sphere needs a positive radius, got {self.radius}")
+        object.__setattr__(self, "radius", r)
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """points [N, 3] -> inside [N] bool."""
+        return np.linalg.norm(points - np.asarray(self.center), axis=1) <= self.radius
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"sphere": [*self.center, self.radius]}
+
+
+Region = Union[Box, Sphere, Tuple[Sequence[float], Sequence[float]]]
+
+
+def _vec3(v, what: str) -> Tuple[float, float, float]:
+    a = _to_numpy(v).reshape(-1)
+    if a.shape != (3,) or not np.all(np.isfinite(a)):
+        raise ValueError(f"{what} must be 3 finite numbers, got {v}")
+    return (float(a[0]), float(a[1]), float(a[2]))
+
+
+def as_region(region: Optional[Region]) -> Optional[Union[Box, Sphere]]:
+    """A Box or Sphere from ``region``: a Box, a Sphere, a (min [3], max [3]) pair, or a mapping
+    ``{"box": [xmin, ymin, zmin, xmax, ymax, zmax]}`` / ``{"sphere": [cx, cy, cz, r]}``."""
+    if region is None or isinstance(region, (Box, Sphere)):
+        return region
+    if isinstance(region, dict):
+        if set(region) == {"box"} and len(region["box"]) == 6:
+            return Box(region["box"][:3], region["box"][3:])
+        if set(region) == {"sphere"} and len(region["sphere"]) == 4:
+            return Sphere(region["sphere"][:3], region["sphere"][3])
+        raise ValueError(f"a region mapping is {{'box': [6 numbers]}} or {{'sphere': [4 numbers]}}, got {region}")
+    if isinstance(region, (tuple, list)) and len(region) == 2:
+        return Box(region[0], region[1])
+    raise ValueError(f"cannot read a region from {region!r}")
+
+
+def mesh_region(values: Optional[Sequence[float]]) -> Optional[Union[Box, Sphere]]:
+    """A region from a flat list, as configs write it: 6 numbers (box min, max) or 4 (sphere centre,
+    radius); None stays None."""
+    if values is None:
+        return None
+    values = [float(v) for v in values]
+    if len(values) == 6:
+        return Box(values[:3], values[3:])
+    if len(values) == 4:
+        return Sphere(values[:3], values[3])
+    raise ValueError(f"a region is 6 numbers (a box: xmin ymin zmin xmax ymax zmax) or 4 (a sphere: cx cy cz r), "
+                     f"got {len(values)}")
+
+
+def _crop(points: np.ndarray, region: Optional[Union[Box, Sphere]]) -> np.ndarray:
     if region is None:
         return points
-    lo, hi = (np.asarray(_to_numpy(r), dtype=np.float64).reshape(3) for r in region)
-    inside = np.all((points >= lo) & (points <= hi), axis=1)
-    return points[inside]
+    return points[region.contains(points)]
 
 
 def mesh_distance_metrics(pred_points, gt_points, threshold: float = 0.01,
@@ -90,7 +175,7 @@ def mesh_distance_metrics(pred_points, gt_points, threshold: float = 0.01,
 
     pred_points: [N, 3]; gt_points: [M, 3] (tensors or arrays; computed in float64).
     threshold: distance for precision/recall/F-score, in ground-truth units.
-    region: optional (min [3], max [3]) box; both sets are cropped to it first.
+    region: optional ``Box``/``Sphere`` (or see ``as_region``); both sets are cropped to it first.
     Returns a dict of floats: accuracy, completeness, chamfer, precision, recall, fscore, and
     n_pred, n_gt (points used after cropping).
     """
@@ -103,10 +188,11 @@ def mesh_distance_metrics(pred_points, gt_points, threshold: float = 0.01,
     for name, pts in (("predicted", pred), ("ground-truth", gt)):
         if not np.all(np.isfinite(pts)):
             raise ValueError(f"{name} points contain NaN or inf")
+    region = as_region(region)
     pred, gt = _crop(pred, region), _crop(gt, region)
     for name, pts in (("predicted", pred), ("ground-truth", gt)):
         if len(pts) == 0:
-            where = f" inside region {region}" if region is not None else ""
+            where = f" inside region {region.to_dict()}" if region is not None else ""
             raise ValueError(f"no {name} points{where}")
     d_pred, _ = cKDTree(gt).query(pred, k=1, workers=-1)  # pred -> gt
     d_gt, _ = cKDTree(pred).query(gt, k=1, workers=-1)  # gt -> pred
