@@ -210,7 +210,12 @@ def generate(root: Path, cfg: "SyntheticScene.Config", progress=print) -> None:
         progress("[synthetic] writing the ground-truth mesh")
         write_ground_truth_mesh(tmp / "gt_mesh.ply", cfg.gt_mesh_resolution)
         (tmp / "scene.json").write_text(json.dumps(_identity(cfg), indent=1))
-        os.replace(tmp, root)  # atomic: a half-written scene is never mistaken for a cached one
+        try:
+            os.replace(tmp, root)  # atomic: a half-written scene is never mistaken for a cached one
+        except OSError:
+            # another process (e.g. another rank of a torchrun job) rendered it first: use theirs
+            if not (root / "scene.json").is_file():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -126,3 +126,22 @@ def test_nan_pose_is_refused(tiny_scene_dir, tmp_path):
     (root / "transforms_val.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match=r"index \[1\].*NaN"):
         blender(root).load_split("val")
+
+
+def test_synthetic_generation_that_loses_a_race_uses_the_winners_scene(tmp_path):
+    """Several processes (ranks of one job) may render the same missing scene at once: the one
+    that finishes second keeps the first one's folder instead of failing, and leaves no temp folder."""
+    from datasets.synthetic import generate
+
+    cfg = parse_component(SyntheticScene.Config, dict(resolution=8, n_train=2, n_val=1, n_test=1,
+                                                      gt_mesh_resolution=16, root_dir=str(tmp_path / "s")))
+    generate(tmp_path / "s", cfg, progress=lambda *a: None)
+    first = (tmp_path / "s" / "train" / "r_0.png").read_bytes()
+    generate(tmp_path / "s", cfg, progress=lambda *a: None)
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+    assert (tmp_path / "s" / "train" / "r_0.png").read_bytes() == first
+    # a folder in the way that is not a scene is still an error
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "stray.txt").write_text("x")
+    with pytest.raises(OSError):
+        generate(tmp_path / "other", cfg, progress=lambda *a: None)
