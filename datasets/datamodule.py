@@ -6,6 +6,8 @@ sampling) by setting ``train_dataset.n_rays``. Validation, test and predict go i
 """
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 import pytorch_lightning as pl
@@ -15,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from datasets.base import Scene, SceneSplit
 from datasets.cameras import camera_rays, pixel_directions, pixel_directions_at
+
+log = logging.getLogger(__name__)
 
 BACKGROUNDS = {"white": 1.0, "black": 0.0}
 
@@ -119,6 +123,8 @@ class SceneDataModule(pl.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        if rank == 0:
+            self.write_scene_transform()
         if stage in (None, "fit"):
             # a different ray stream on every process
             self.train_dataset = RandomRays(
@@ -131,6 +137,36 @@ class SceneDataModule(pl.LightningDataModule):
             self.split("test")
         if stage in (None, "predict"):
             self.split("predict")
+
+    def write_scene_transform(self, save_dir: Optional[Path] = None) -> Optional[Path]:
+        """Save the scene's ``scene_to_world`` as ``scene_to_world.json`` in the run's save folder
+        (by default the system's ``context.save_dir``); returns the path, or None without a folder."""
+        from datasets.normalization import write_scene_transform
+
+        if save_dir is None:
+            module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+            save_dir = getattr(getattr(module, "context", None), "save_dir", None)
+        if save_dir is None:
+            return None
+        info = {"dataset": getattr(self.scene, "registry_name", type(self.scene).__name__)}
+        root = getattr(self.cfg, "root_dir", None)
+        if root is not None:
+            info["root_dir"] = str(root)
+        return write_scene_transform(Path(save_dir) / "scene_to_world.json", self.scene.scene_to_world.numpy(), **info)
+
+    def state_dict(self) -> Dict[str, list]:
+        """Kept in checkpoints, so a checkpoint records the frame its weights live in."""
+        return {"scene_to_world": self.scene.scene_to_world.tolist()}
+
+    def load_state_dict(self, state: Dict[str, list]) -> None:
+        saved = state.get("scene_to_world")
+        if saved is not None and not torch.allclose(
+            torch.tensor(saved, dtype=torch.float64), self.scene.scene_to_world.double(), rtol=1e-5, atol=1e-6
+        ):
+            log.warning(
+                "the checkpoint was trained in another scene frame (scene_to_world %s, now %s): "
+                "did the data or dataset.normalization change?", saved, self.scene.scene_to_world.tolist()
+            )
 
     def _images(self, name: str) -> DataLoader:
         dataset = ImageRays(self.split(name), self.cfg.eval_background)

@@ -1,2 +1,2 @@
 """Importing this module registers every dataset loader."""
-from datasets import blender, synthetic  # noqa: F401
+from datasets import blender, colmap, dtu, ngp, synthetic  # noqa: F401

@@ -1,0 +1,235 @@
+"""What the real-capture loaders (dtu, colmap, ngp) share.
+
+A loader reads its camera file in ``__init__`` into ``CaptureView``s (image path, optional mask
+path, OpenCV camera-to-world pose in the input's *world* frame, lens), computes the world -> scene
+normalization (so ``scene_to_world`` is known before any image is read), and reads, undistorts and
+resizes the images only when a split is first asked for (each image once, then cached).
+
+Splits: with ``holdout_every: N > 0`` every N-th view is held out of training and used for val and
+test; with 0 all views train, and val/test are views spread evenly over them (at most
+``max_images_val`` / ``max_images_test``). ``predict`` is an orbit around the scene centre at the
+training cameras' median distance and mean elevation (up: the scene's +z when the normalization
+turned up onto +z, else the cameras' mean up vector).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from datasets.base import DatasetError, Scene, SceneSplit, Split, check_poses, read_image, resize_image, target_size
+from datasets.blender import RayDataConfig
+from datasets.cameras import orbit_poses, scale_intrinsics
+from datasets.normalization import (
+    camera_up,
+    invert_similarity,
+    mean_elevation_deg,
+    transform_points,
+    transform_poses,
+)
+from datasets.undistort import LensCamera
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class CaptureConfig(RayDataConfig):
+    """Options every capture loader shares (besides RayDataConfig's)."""
+
+    root_dir: str = "???"
+    img_wh: Optional[List[int]] = None  # [width, height] to load at
+    img_downscale: Optional[float] = None  # or a divisor of the stored size
+    # 0: train on every view, validate/test on views spread over them; N: hold out every N-th view
+    holdout_every: int = 0
+    use_masks: bool = True  # read the layout's masks when it has them
+    max_images_val: Optional[int] = 4
+    max_images_test: Optional[int] = None
+
+
+@dataclasses.dataclass
+class CaptureView:
+    """One view: where its image (and mask) is, its pose c2w [3, 4] (OpenCV, world) and its lens."""
+
+    name: str
+    image_path: Path
+    c2w: np.ndarray
+    camera: LensCamera
+    mask_path: Optional[Path] = None
+
+
+def image_size(path: Path) -> Tuple[int, int]:
+    """(width, height) of an image file, from its header."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise DatasetError(f"image file '{path}' does not exist")
+    try:
+        with Image.open(path) as img:
+            return int(img.size[0]), int(img.size[1])
+    except Exception as err:
+        raise DatasetError(f"cannot read image '{path}': {err}") from err
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask image (grey, RGB or RGBA) as float32 [H, W, 1] in [0, 1]: the mean of its colour channels
+    (or its alpha, when it has one)."""
+    img = read_image(path)
+    if img.shape[2] == 4:
+        return img[..., 3:4]
+    return img[..., :3].mean(axis=2, keepdims=True) if img.shape[2] >= 3 else img[..., :1]
+
+
+class CaptureScene(Scene):
+    """Base of the capture loaders: subclasses set ``views``, ``world_to_scene`` (and optionally
+    ``points_world``) in ``__init__`` and call ``_finish_setup``."""
+
+    layout: str = ""
+    #: sparse points [P, 3] in world coordinates (COLMAP's points3D), when the layout has them
+    points_world: Optional[np.ndarray] = None
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.views: List[CaptureView] = []
+        self.world_to_scene = np.eye(4)
+        self._images: Dict[int, Tuple[np.ndarray, np.ndarray, bool]] = {}
+        self._size: Optional[Tuple[int, int]] = None
+        #: whether the normalization turned the scene's up direction onto +z
+        self.up_is_z = False
+
+    # -------------------------------------------------------------- set-up
+    def _finish_setup(
+        self, source: str, scene_to_world: Optional[np.ndarray] = None, c2w_scene: Optional[np.ndarray] = None
+    ) -> None:
+        """Check the views, set ``scene_to_world`` and the scene-frame poses, and choose the splits.
+        ``scene_to_world`` / ``c2w_scene`` may be given exactly when the loader has them."""
+        if not self.views:
+            raise DatasetError(f"{source}: no usable views")
+        c2w = np.stack([v.c2w for v in self.views])
+        check_poses(torch.from_numpy(c2w), source)
+        m = np.asarray(self.world_to_scene, dtype=np.float64)
+        if not np.all(np.isfinite(m)):
+            raise DatasetError(f"{source}: the scene normalization is not finite")
+        # float32 like the base class's identity (its entries are exact to ~1e-7 relative)
+        self.scene_to_world = torch.from_numpy(invert_similarity(m) if scene_to_world is None else scene_to_world).float()
+        self.c2w_scene = transform_poses(m, c2w) if c2w_scene is None else c2w_scene
+        sizes = {(v.camera.width, v.camera.height) for v in self.views}
+        if len(sizes) > 1:
+            detail = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
+            raise DatasetError(f"{source}: the views have different image sizes ({detail}); one size is needed")
+        self.source = source
+        n = len(self.views)
+        every = self.cfg.holdout_every
+        if every < 0:
+            raise DatasetError(f"dataset.holdout_every must be >= 0, got {every}")
+        if every > 0:
+            held = np.arange(n) % every == 0
+            if held.all() or not held.any():
+                raise DatasetError(f"{source}: dataset.holdout_every={every} with {n} views leaves no train or no val view")
+            self.train_index = np.nonzero(~held)[0]
+            self.eval_index = np.nonzero(held)[0]
+        else:
+            self.train_index = self.eval_index = np.arange(n)
+
+    @property
+    def points_scene(self) -> Optional[np.ndarray]:
+        """The sparse points [P, 3] in scene coordinates, when the layout has them."""
+        return None if self.points_world is None else transform_points(self.world_to_scene, self.points_world)
+
+    # -------------------------------------------------------------- images
+    def _image(self, index: int) -> Tuple[np.ndarray, np.ndarray, bool]:
+        """(rgb [h, w, 3], alpha [h, w], has_mask) of view ``index``: undistorted, resized."""
+        if index in self._images:
+            return self._images[index]
+        view = self.views[index]
+        cam = view.camera
+        img = read_image(view.image_path)
+        if (img.shape[1], img.shape[0]) != (cam.width, cam.height):
+            raise DatasetError(
+                f"image '{view.image_path}' is {img.shape[1]}x{img.shape[0]} but its camera in {self.source} "
+                f"says {cam.width}x{cam.height}"
+            )
+        alpha, has_mask = None, False
+        if img.shape[2] == 4:
+            alpha, has_mask = img[..., 3:4], True
+        rgb = img[..., :3] if img.shape[2] >= 3 else np.repeat(img[..., :1], 3, axis=2)
+        if view.mask_path is not None and self.cfg.use_masks:
+            alpha = read_mask(view.mask_path)
+            if alpha.shape[:2] != rgb.shape[:2]:
+                alpha = resize_image(alpha, rgb.shape[1], rgb.shape[0])
+            has_mask = True
+        w, h = self.size
+        rgb = resize_image(cam.undistort(rgb), w, h)
+        if alpha is None:
+            alpha = np.ones((h, w), dtype=np.float32)
+        else:
+            alpha = resize_image(cam.undistort(alpha, is_mask=True), w, h)[..., 0]
+        out = (np.clip(rgb, 0, 1).astype(np.float32), np.clip(alpha, 0, 1).astype(np.float32), has_mask)
+        self._images[index] = out
+        return out
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(width, height) the images are loaded at."""
+        if self._size is None:
+            cam = self.views[0].camera
+            self._size = target_size(cam.width, cam.height, self.cfg.img_wh, self.cfg.img_downscale, self.source)
+        return self._size
+
+    def intrinsics(self, index: int) -> torch.Tensor:
+        """[4] (fx, fy, cx, cy) of view ``index`` at the loaded size."""
+        cam = self.views[index].camera
+        w, h = self.size
+        k = torch.tensor(cam.intrinsics, dtype=torch.float32)
+        return scale_intrinsics(k, w / cam.width, h / cam.height)
+
+    def _split_of(self, index: np.ndarray) -> SceneSplit:
+        loaded = [self._image(int(i)) for i in index]
+        w, h = self.size
+        return SceneSplit(
+            c2w=torch.from_numpy(self.c2w_scene[index]).float(),
+            intrinsics=torch.stack([self.intrinsics(int(i)) for i in index]),
+            width=w,
+            height=h,
+            rgb=torch.from_numpy(np.stack([x[0] for x in loaded])),
+            alpha=torch.from_numpy(np.stack([x[1] for x in loaded])),
+            has_mask=all(x[2] for x in loaded),
+            names=[self.views[int(i)].name for i in index],
+        )
+
+    # -------------------------------------------------------------- splits
+    def scene_up(self) -> np.ndarray:
+        """The scene's up direction [3]: +z when normalized so, else the cameras' mean up."""
+        if self.up_is_z:
+            return np.array([0.0, 0.0, 1.0])
+        return camera_up(self.c2w_scene[self.train_index])
+
+    def _predict_split(self) -> SceneSplit:
+        eyes = self.c2w_scene[self.train_index, :3, 3]
+        up = self.scene_up()
+        elevation = self.cfg.predict_elevation_deg
+        if elevation is None:
+            elevation = mean_elevation_deg(eyes, up)
+        radius = float(np.median(np.linalg.norm(eyes, axis=-1)))
+        c2w = orbit_poses(self.cfg.n_predict_views, radius, elevation, up=tuple(float(x) for x in up))
+        w, h = self.size
+        k = self.intrinsics(int(self.train_index[0]))
+        return SceneSplit(
+            c2w=c2w, intrinsics=k.expand(len(c2w), 4).clone(), width=w, height=h,
+            names=[f"orbit_{i:03d}" for i in range(len(c2w))],
+        )
+
+    def load_split(self, split: Split) -> SceneSplit:
+        if split == "predict":
+            return self._predict_split()
+        if split == "train":
+            return self._split_of(self.train_index)
+        index = self.eval_index
+        limit = {"val": self.cfg.max_images_val, "test": self.cfg.max_images_test}[split]
+        if limit is not None and limit < len(index):
+            pick = np.unique(np.round(np.linspace(0, len(index) - 1, max(1, limit))).astype(int))
+            index = index[pick]
+        return self._split_of(index)

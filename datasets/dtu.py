@@ -1,0 +1,166 @@
+"""The NeuS / IDR DTU layout.
+
+```
+root/
+  image/000000.png ...     the views, in index order (any image format; sorted by name)
+  mask/000.png ...         optional foreground masks (grey or 3-channel; named like the image
+                           or by the 3-digit index)
+  cameras_sphere.npz       world_mat_i: 4x4 projection P = K [R | t] (world -> pixels, the top-left
+  (or cameras.npz)         pixel corner at (0, 0)); scale_mat_i: the normalized sphere -> world
+```
+Each ``world_mat_i @ scale_mat_i`` is decomposed (RQ) into per-image intrinsics and a pose in the
+normalized frame, where the object lies inside the unit sphere. That frame is the scene frame, so
+``scene_to_world = scale_mat`` and exported meshes land in DTU's world (millimetres).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from datasets import register
+from datasets.base import DatasetError, require_folder
+from datasets.captures import CaptureConfig, CaptureScene, CaptureView, image_size
+from datasets.normalization import invert_similarity, transform_poses
+from datasets.undistort import LensCamera
+from utils.mesh_io import check_similarity
+
+log = logging.getLogger(__name__)
+
+LAYOUT = "the NeuS/IDR DTU layout: image/, optional mask/, and cameras_sphere.npz or cameras.npz"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".PNG", ".JPEG")
+
+
+def decompose_projection(p: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """P [3, 4] = K [R | t] (up to scale) -> (K [3, 3] with K[2, 2] = 1 and a positive diagonal,
+    c2w [3, 4] OpenCV camera-to-world). RQ decomposition of P's left 3x3 block."""
+    p = np.asarray(p, dtype=np.float64)[:3, :4]
+    m = p[:, :3]
+    if abs(np.linalg.det(m)) < 1e-300:
+        raise DatasetError("singular projection matrix")
+    # RQ via QR of the row-reversed, transposed matrix: m = K @ R with K upper triangular
+    flip = np.eye(3)[::-1]
+    q, r = np.linalg.qr((flip @ m).T)
+    k = flip @ r.T @ flip
+    rot = flip @ q.T
+    # make K's diagonal positive (K @ D @ D @ R with D = diag(+-1))
+    d = np.diag(np.sign(np.diag(k)))
+    k, rot = k @ d, d @ rot
+    scale = k[2, 2]
+    k = k / scale
+    if np.linalg.det(rot) < 0:  # P was given with a negative overall scale
+        rot = -rot
+        scale = -scale
+    t = np.linalg.solve(k, p[:, 3] / scale)  # P / scale = K [R | t]
+    c2w = np.concatenate([rot.T, (-rot.T @ t)[:, None]], axis=1)
+    return k, c2w
+
+
+def _list_images(folder: Path):
+    return sorted(p for p in folder.iterdir() if p.suffix in IMAGE_EXTENSIONS and p.is_file())
+
+
+@register("dtu")
+class DTUScene(CaptureScene):
+    @dataclasses.dataclass
+    class Config(CaptureConfig):
+        # None: cameras_sphere.npz if present, else cameras.npz
+        cameras_file: Optional[str] = None
+        image_dir: str = "image"
+        mask_dir: str = "mask"
+        max_skew: float = 0.01  # refuse intrinsics whose skew exceeds this fraction of fx (it is dropped)
+
+    layout = LAYOUT
+
+    def __init__(self, cfg: "DTUScene.Config") -> None:
+        super().__init__(cfg)
+        root = require_folder(cfg.root_dir, LAYOUT)
+        self.root = root
+        cam_path = self._cameras_path(root)
+        source = str(cam_path)
+        try:
+            cams = np.load(cam_path)
+            keys = set(cams.files)
+        except Exception as err:
+            raise DatasetError(f"cannot read camera file '{cam_path}': {err}") from err
+
+        image_dir = root / cfg.image_dir
+        if not image_dir.is_dir():
+            raise DatasetError(f"'{image_dir}' does not exist (expected {LAYOUT})")
+        images = _list_images(image_dir)
+        if not images:
+            raise DatasetError(f"'{image_dir}' holds no images (expected {LAYOUT})")
+        mask_dir = root / cfg.mask_dir
+        has_masks = mask_dir.is_dir() and cfg.use_masks
+
+        # the normalization: one scale_mat for all views (NeuS writes the same one for each)
+        if "scale_mat_0" not in keys:
+            raise DatasetError(f"{source}: no 'scale_mat_0' (keys: {sorted(keys)[:8]}...; expected world_mat_i, scale_mat_i)")
+        scale_mat = np.asarray(cams["scale_mat_0"], dtype=np.float64)
+        for i in range(len(images)):
+            key = f"scale_mat_{i}"
+            if key in keys and not np.allclose(cams[key], scale_mat, rtol=1e-6, atol=1e-8):
+                raise DatasetError(f"{source}: '{key}' differs from 'scale_mat_0'; one normalization is needed")
+        if scale_mat.shape != (4, 4) or not np.all(np.isfinite(scale_mat)):
+            raise DatasetError(f"{source}: 'scale_mat_0' must be a finite 4x4 matrix")
+        try:
+            check_similarity(scale_mat)
+        except ValueError as err:
+            raise DatasetError(f"{source}: 'scale_mat_0' is not a similarity transform: {err}") from err
+
+        mask_missing, normalized = [], []
+        for i, path in enumerate(images):
+            key = f"world_mat_{i}"
+            if key not in keys:
+                raise DatasetError(
+                    f"{source}: no '{key}' for image '{path.name}' ({len(images)} images in '{image_dir}'; "
+                    f"expected world_mat_0..world_mat_{len(images) - 1})"
+                )
+            world = np.asarray(cams[key], dtype=np.float64)
+            if world.shape not in ((4, 4), (3, 4)):
+                raise DatasetError(f"{source}: '{key}' must be 3x4 or 4x4, got {world.shape}")
+            if not np.all(np.isfinite(world)):
+                raise DatasetError(f"{source}: '{key}' (camera pose at index [{i}]) contains NaN or inf")
+            p = world[:3, :4] @ scale_mat
+            try:
+                k, c2w = decompose_projection(p)
+            except DatasetError as err:
+                raise DatasetError(f"{source}: '{key}': {err}") from err
+            if abs(k[0, 1]) > cfg.max_skew * k[0, 0]:
+                raise DatasetError(f"{source}: '{key}' has skew {k[0, 1]:.4g}; skewed pixels are not supported")
+            width, height = image_size(path)
+            cam = LensCamera(width, height, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
+            mask_path = None
+            if has_masks:
+                mask_path = self._mask_path(mask_dir, path, i)
+                if mask_path is None:
+                    mask_missing.append(path.name)
+            self.views.append(CaptureView(path.name, path, transform_poses(scale_mat, c2w[None])[0], cam, mask_path))
+            normalized.append(c2w)
+        if mask_missing:
+            raise DatasetError(f"'{mask_dir}' has no mask for image(s) {mask_missing[:5]} (named like the image or 000.png)")
+        if not has_masks:
+            log.warning("%s: no masks in '%s': training without masks (set system.loss.lambda_mask=0)", root, mask_dir)
+        # the decomposed poses are in the normalized frame, the scene frame: scene -> world is scale_mat
+        self.world_to_scene = invert_similarity(scale_mat)
+        self._finish_setup(source, scene_to_world=scale_mat, c2w_scene=np.stack(normalized))
+
+    def _cameras_path(self, root: Path) -> Path:
+        names = [self.cfg.cameras_file] if self.cfg.cameras_file else ["cameras_sphere.npz", "cameras.npz"]
+        for name in names:
+            if (root / name).is_file():
+                return root / name
+        raise DatasetError(f"'{root}' has no {' or '.join(names)} (expected {LAYOUT})")
+
+    @staticmethod
+    def _mask_path(mask_dir: Path, image: Path, index: int) -> Optional[Path]:
+        for stem in (image.stem, f"{index:03d}", f"{index:06d}"):
+            for ext in (".png", ".jpg", ".jpeg"):
+                candidate = mask_dir / f"{stem}{ext}"
+                if candidate.is_file():
+                    return candidate
+        return None
+

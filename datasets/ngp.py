@@ -1,0 +1,178 @@
+"""The instant-ngp / nerfstudio layout: one ``transforms.json``.
+
+```
+root/
+  transforms.json   {"fl_x", "fl_y", "cx", "cy", "w", "h",              (or "camera_angle_x" [, "camera_angle_y"])
+                     "k1", "k2", "p1", "p2" [, "k3", "k4"],            optional OpenCV distortion
+                     "camera_model": "OPENCV" | "OPENCV_FISHEYE" | ...  optional (nerfstudio); "is_fisheye" (instant-ngp)
+                     "aabb_scale": 4,                                   optional, recorded only
+                     "frames": [{"file_path": "images/0001.jpg",        relative to the JSON file
+                                 "transform_matrix": 4x4,                camera-to-world, OpenGL axes
+                                 "mask_path": "masks/0001.png", ...}]}   optional; any of the intrinsics
+                                                                        above may also be set per frame
+  images/...
+```
+Poses use the OpenGL/Blender camera axes (x right, y up, z backward) and are converted to OpenCV.
+Frames whose image file is missing are skipped with one warning that counts them. Images are
+undistorted with OpenCV; the scene is normalized from the cameras (``dataset.normalization``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from datasets import register
+from datasets.base import DatasetError, require_folder, resolve_inside
+from datasets.captures import CaptureConfig, CaptureScene, CaptureView, image_size
+from datasets.normalization import NormalizationConfig, normalization_transform
+from datasets.undistort import LensCamera, from_opencv_params
+
+log = logging.getLogger(__name__)
+
+LAYOUT = "the instant-ngp/nerfstudio layout: transforms.json beside the images it names"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".PNG", ".JPEG", ".exr")
+PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL")
+
+
+def _number(value: Any, key: str, source: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{source}: '{key}' must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise DatasetError(f"{source}: '{key}' is not finite ({value!r})")
+    return out
+
+
+@register("ngp")
+class NgpScene(CaptureScene):
+    @dataclasses.dataclass
+    class Config(CaptureConfig):
+        transforms_file: str = "transforms.json"
+        normalization: NormalizationConfig = dataclasses.field(default_factory=NormalizationConfig)
+
+    layout = LAYOUT
+
+    def __init__(self, cfg: "NgpScene.Config") -> None:
+        super().__init__(cfg)
+        root = require_folder(cfg.root_dir, LAYOUT)
+        self.root = root
+        path = root / cfg.transforms_file
+        if not path.is_file():
+            raise DatasetError(f"'{path}' does not exist (expected {LAYOUT})")
+        source = str(path)
+        try:
+            meta = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DatasetError(f"'{path}' is not valid JSON: {err}") from err
+        if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
+            raise DatasetError(f"'{path}' has no 'frames' list")
+        if not meta["frames"]:
+            raise DatasetError(f"{source}: 'frames' is empty: no usable images")
+        self.aabb_scale = meta.get("aabb_scale")
+        base = path.parent
+
+        lenses: Dict[Tuple, LensCamera] = {}
+        missing = []
+        for index, frame in enumerate(meta["frames"]):
+            if not isinstance(frame, dict):
+                raise DatasetError(f"{source}: frame {index} is not a mapping")
+            if "file_path" not in frame:
+                raise DatasetError(f"{source}: frame {index} has no 'file_path'")
+            if "transform_matrix" not in frame:
+                raise DatasetError(f"{source}: frame {index} has no 'transform_matrix'")
+            try:
+                matrix = np.asarray(frame["transform_matrix"], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise DatasetError(f"{source}: frame {index} 'transform_matrix' is not a 4x4 number matrix") from None
+            if matrix.shape not in ((4, 4), (3, 4)):
+                raise DatasetError(f"{source}: frame {index} 'transform_matrix' must be 4x4, got {matrix.shape}")
+            if not np.all(np.isfinite(matrix)):
+                raise DatasetError(f"{source}: frame {index} 'transform_matrix' (camera pose at index [{index}]) contains NaN or inf")
+            image_path = self._image_path(base, str(frame["file_path"]), source)
+            if image_path is None:
+                missing.append(str(frame["file_path"]))
+                continue
+            lens = self._lens(meta, frame, image_path, source, index, lenses)
+            c2w = matrix[:3, :4].copy()
+            c2w[:, 1:3] *= -1  # OpenGL -> OpenCV camera axes
+            mask_path = None
+            if frame.get("mask_path") and cfg.use_masks:
+                mask_path = resolve_inside(base, str(frame["mask_path"]), source)
+                if not mask_path.is_file():
+                    raise DatasetError(f"{source}: frame {index} 'mask_path' '{frame['mask_path']}' does not exist")
+            self.views.append(CaptureView(image_path.name, image_path, c2w, lens, mask_path))
+        if missing:
+            if not self.views:
+                raise DatasetError(
+                    f"{source}: none of the {len(missing)} frames' images exist (e.g. '{missing[0]}' "
+                    f"relative to '{base}')"
+                )
+            log.warning(
+                "%s: skipped %d of %d frames whose image is missing (e.g. '%s')",
+                source, len(missing), len(meta["frames"]), missing[0],
+            )
+        self.n_skipped = len(missing)
+        c2w = np.stack([v.c2w for v in self.views])
+        self.world_to_scene = normalization_transform(c2w, None, cfg.normalization, source)
+        self.up_is_z = cfg.normalization.up != "none"
+        self._finish_setup(source)
+
+    @staticmethod
+    def _image_path(base: Path, rel: str, source: str):
+        path = resolve_inside(base, rel, source)
+        if path.is_file():
+            return path
+        if path.suffix not in IMAGE_EXTENSIONS:  # NeRF-synthetic style paths without extension
+            for ext in IMAGE_EXTENSIONS:
+                candidate = path.with_name(path.name + ext)
+                if candidate.is_file():
+                    return candidate
+        return None
+
+    @staticmethod
+    def _lens(meta, frame, image_path: Path, source: str, index: int, cache) -> LensCamera:
+        def pick(key, default=None):
+            value = frame.get(key, meta.get(key, default))
+            return default if value is None else value
+
+        width, height = image_size(image_path)
+        stored_w = _number(pick("w", width), "w", source)
+        stored_h = _number(pick("h", height), "h", source)
+        if pick("fl_x") is not None:
+            fx = _number(pick("fl_x"), "fl_x", source)
+            fy = _number(pick("fl_y", fx), "fl_y", source)
+        elif pick("camera_angle_x") is not None:
+            angle_x = _number(pick("camera_angle_x"), "camera_angle_x", source)
+            fx = 0.5 * stored_w / math.tan(0.5 * angle_x)
+            fy = fx
+            if pick("camera_angle_y") is not None:
+                fy = 0.5 * stored_h / math.tan(0.5 * _number(pick("camera_angle_y"), "camera_angle_y", source))
+        else:
+            raise DatasetError(
+                f"{source}: frame {index} has no intrinsics: expected 'fl_x' (and optionally fl_y, cx, cy, w, h) "
+                "or 'camera_angle_x', globally or per frame"
+            )
+        cx = _number(pick("cx", stored_w / 2.0), "cx", source)
+        cy = _number(pick("cy", stored_h / 2.0), "cy", source)
+        if fx <= 0 or fy <= 0:
+            raise DatasetError(f"{source}: frame {index} has a non-positive focal length ({fx}, {fy})")
+        coeffs = {k: _number(pick(k, 0.0), k, source) for k in ("k1", "k2", "k3", "k4", "p1", "p2")}
+        model = str(pick("camera_model", "OPENCV_FISHEYE" if pick("is_fisheye", False) else "OPENCV"))
+        if model not in PINHOLE_MODELS + ("OPENCV_FISHEYE",):
+            raise DatasetError(f"{source}: 'camera_model' {model!r} is not supported (OPENCV, OPENCV_FISHEYE, PINHOLE)")
+        fisheye = model == "OPENCV_FISHEYE"
+        if not fisheye and coeffs["k4"] != 0:
+            raise DatasetError(f"{source}: 'k4' is set but the camera is not a fisheye (camera_model OPENCV_FISHEYE)")
+        # intrinsics are given for the stored size (w, h); the image may have been resized since
+        sx, sy = width / stored_w, height / stored_h
+        key = (width, height, fx * sx, fy * sy, cx * sx, cy * sy, fisheye, *coeffs.values())
+        if key not in cache:
+            cache[key] = from_opencv_params(width, height, fx * sx, fy * sy, cx * sx, cy * sy, fisheye=fisheye, **coeffs)
+        return cache[key]

@@ -1,0 +1,257 @@
+"""Scene normalization for real captures: a similarity transform from the input's world frame to
+the scene frame the model works in.
+
+``x_scene = s * R @ (x_world - c)``: ``c`` is the centre of the object of interest, ``R`` turns
+the scene's up direction onto +z, and ``s`` scales the object to fill the model's bounds. Each
+part is estimated from the cameras or from the sparse points (``NormalizationConfig``):
+
+- centre: ``lookat`` (the point closest to all optical axes), ``cameras`` (the mean camera
+  centre), ``points`` (the per-axis median of the sparse points) or ``none`` (the world origin);
+- up: ``cameras`` (the mean of the cameras' up vectors), ``points`` (the normal of a RANSAC plane
+  fit of the sparse points, turned towards the cameras) or ``none`` (keep the world's axes);
+- scale: ``cameras`` (the median camera distance to the centre becomes ``camera_distance`` x
+  ``radius``), ``points`` (the ``points_percentile`` of the sparse points' distances to the centre
+  becomes ``radius``) or ``none`` (keep the world's units).
+
+The scene stores the inverse, ``scene_to_world`` [4, 4], which mesh export applies so that meshes
+land on the input's sparse points and cameras; ``write_scene_transform`` saves it as JSON.
+Arrays here are numpy float64 (N cameras, P points).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Literal, Optional, Tuple
+
+import numpy as np
+
+from datasets.base import DatasetError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class NormalizationConfig:
+    center: Literal["lookat", "cameras", "points", "none"] = "lookat"
+    up: Literal["cameras", "points", "none"] = "cameras"
+    scale: Literal["cameras", "points", "none"] = "cameras"
+    # the object of interest ends inside a sphere of this radius (set it to the model's radius)
+    radius: float = 1.0
+    # scale 'cameras': the cameras' median distance to the centre becomes camera_distance x radius
+    camera_distance: float = 2.5
+    # scale 'points': this percentile of the sparse points' distances to the centre becomes radius
+    points_percentile: float = 90.0
+
+
+# --------------------------------------------------------------------------- estimates
+def camera_centres(c2w: np.ndarray) -> np.ndarray:
+    """Camera positions of OpenCV poses c2w [N, 3, 4] -> [N, 3]."""
+    return np.asarray(c2w, dtype=np.float64)[:, :3, 3]
+
+
+def lookat_center(c2w: np.ndarray) -> Tuple[np.ndarray, float]:
+    """The point closest (least squares) to all optical axes of c2w [N, 3, 4] (OpenCV, +z forward).
+
+    Returns (centre [3], conditioning in [0, 1]: the smallest over the largest eigenvalue of the
+    normal equations; near 0 when the axes are (nearly) parallel and the point is ill-defined).
+    """
+    c2w = np.asarray(c2w, dtype=np.float64)
+    d = c2w[:, :3, 2] / np.linalg.norm(c2w[:, :3, 2], axis=-1, keepdims=True)
+    o = c2w[:, :3, 3]
+    proj = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # [N, 3, 3] projectors orthogonal to each axis
+    a = proj.sum(0)
+    b = (proj @ o[:, :, None]).sum(0)[:, 0]
+    eig = np.linalg.eigvalsh(a)
+    cond = float(eig[0] / max(eig[-1], 1e-300))
+    return np.linalg.solve(a + 1e-12 * np.eye(3), b), cond
+
+
+def camera_up(c2w: np.ndarray) -> np.ndarray:
+    """Mean of the cameras' up vectors (OpenCV: up is -y) of c2w [N, 3, 4] -> unit [3]."""
+    up = -np.asarray(c2w, dtype=np.float64)[:, :3, 1].sum(0)
+    n = np.linalg.norm(up)
+    if n < 1e-8:
+        raise DatasetError("the cameras' up vectors cancel out: cannot tell up (set dataset.normalization.up: none)")
+    return up / n
+
+
+def ground_plane_up(points: np.ndarray, towards: np.ndarray, seed: int = 0, iters: int = 256) -> np.ndarray:
+    """Normal of the dominant plane of points [P, 3] (RANSAC, then a least-squares refit of its
+    inliers), turned to the side of ``towards`` [3] (e.g. the mean camera centre) -> unit [3]."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.shape[0] < 3:
+        raise DatasetError(f"a ground-plane fit needs at least 3 sparse points, got {pts.shape[0]}")
+    rng = np.random.default_rng(seed)
+    lo, hi = np.percentile(pts, [5, 95], axis=0)
+    threshold = 0.01 * float(np.linalg.norm(hi - lo)) + 1e-12
+    best, best_count = None, -1
+    for _ in range(iters):
+        a, b, c = pts[rng.choice(len(pts), 3, replace=False)]
+        n = np.cross(b - a, c - a)
+        if np.linalg.norm(n) < 1e-12:
+            continue
+        n /= np.linalg.norm(n)
+        count = int((np.abs((pts - a) @ n) < threshold).sum())
+        if count > best_count:
+            best, best_count = (n, a), count
+    if best is None:
+        raise DatasetError("the sparse points are collinear: no ground plane to fit")
+    n, a = best
+    inliers = pts[np.abs((pts - a) @ n) < threshold]
+    if len(inliers) >= 3:
+        centred = inliers - inliers.mean(0)
+        n = np.linalg.svd(centred, full_matrices=False)[2][-1]
+        a = inliers.mean(0)
+    if float((np.asarray(towards, dtype=np.float64) - a) @ n) < 0:
+        n = -n
+    return n / np.linalg.norm(n)
+
+
+def rotation_to_z(up: np.ndarray) -> np.ndarray:
+    """The smallest rotation [3, 3] that turns the unit vector ``up`` [3] onto +z."""
+    up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
+    z = np.array([0.0, 0.0, 1.0])
+    v = np.cross(up, z)
+    c = float(up @ z)
+    if np.linalg.norm(v) < 1e-12:
+        return np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
+    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + k + k @ k * (1.0 / (1.0 + c))
+
+
+def similarity(scale: float, rotation: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """The 4x4 matrix of ``x -> scale * rotation @ (x - center)``."""
+    m = np.eye(4)
+    m[:3, :3] = scale * np.asarray(rotation, dtype=np.float64)
+    m[:3, 3] = -m[:3, :3] @ np.asarray(center, dtype=np.float64)
+    return m
+
+
+def invert_similarity(m: np.ndarray) -> np.ndarray:
+    """Inverse of a similarity [4, 4] (``s R x + t``) without a general matrix inverse."""
+    m = np.asarray(m, dtype=np.float64)
+    a = m[:3, :3]
+    s2 = abs(np.linalg.det(a)) ** (2.0 / 3.0)
+    inv = np.eye(4)
+    inv[:3, :3] = a.T / s2
+    inv[:3, 3] = -inv[:3, :3] @ m[:3, 3]
+    return inv
+
+
+def transform_points(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points [..., 3] mapped by the 4x4 matrix m -> [..., 3]."""
+    m = np.asarray(m, dtype=np.float64)
+    return np.asarray(points, dtype=np.float64) @ m[:3, :3].T + m[:3, 3]
+
+
+def transform_poses(m: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """Camera-to-world poses c2w [N, 3, 4] mapped by the similarity m [4, 4] -> [N, 3, 4].
+
+    The camera centres move with m; the axes are rotated by m's rotation (its scale removed), so
+    the result is again a rigid pose and pixel rays map to the same physical rays.
+    """
+    m = np.asarray(m, dtype=np.float64)
+    c2w = np.asarray(c2w, dtype=np.float64)
+    scale = abs(np.linalg.det(m[:3, :3])) ** (1.0 / 3.0)
+    rot = m[:3, :3] / scale
+    out = np.empty_like(c2w)
+    out[:, :3, :3] = rot[None] @ c2w[:, :3, :3]
+    out[:, :3, 3] = transform_points(m, c2w[:, :3, 3])
+    return out
+
+
+# --------------------------------------------------------------------------- the whole transform
+def normalization_transform(
+    c2w: np.ndarray, points: Optional[np.ndarray], cfg: NormalizationConfig, source: str
+) -> np.ndarray:
+    """world -> scene similarity [4, 4] for cameras c2w [N, 3, 4] (OpenCV, world) and optional
+    sparse points [P, 3] (world), as chosen by ``cfg``. ``source`` names the input in errors."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    has_points = points is not None and len(points) > 0
+    for key in ("center", "up", "scale"):
+        if getattr(cfg, key) == "points" and not has_points:
+            raise DatasetError(
+                f"dataset.normalization.{key}: 'points' needs sparse points, but {source} has none "
+                "(choose 'cameras')"
+            )
+    if cfg.radius <= 0 or cfg.camera_distance <= 0 or not 0 < cfg.points_percentile <= 100:
+        raise DatasetError(
+            "dataset.normalization: radius and camera_distance must be positive and points_percentile in (0, 100]"
+        )
+    pts = np.asarray(points, dtype=np.float64) if has_points else None
+    eyes = camera_centres(c2w)
+
+    # centre
+    if cfg.center == "lookat":
+        if len(c2w) < 2:
+            raise DatasetError(f"{source}: the look-at centre needs at least 2 cameras")
+        center, cond = lookat_center(c2w)
+        if cond < 1e-4:
+            fallback = np.median(pts, axis=0) if pts is not None else eyes.mean(0)
+            log.warning(
+                "%s: the cameras' optical axes are nearly parallel, so their look-at point is ill-defined; "
+                "centring on the %s instead", source, "sparse points" if pts is not None else "mean camera",
+            )
+            center = fallback
+    elif cfg.center == "cameras":
+        center = eyes.mean(0)
+    elif cfg.center == "points":
+        center = np.median(pts, axis=0)
+    else:
+        center = np.zeros(3)
+
+    # up
+    if cfg.up == "cameras":
+        rotation = rotation_to_z(camera_up(c2w))
+    elif cfg.up == "points":
+        up = ground_plane_up(pts, eyes.mean(0))
+        rotation = rotation_to_z(up)
+    else:
+        rotation = np.eye(3)
+
+    # scale
+    if cfg.scale == "cameras":
+        dist = float(np.median(np.linalg.norm(eyes - center, axis=-1)))
+        if not dist > 1e-12:
+            raise DatasetError(f"{source}: the cameras sit at the scene centre: cannot scale from camera distances")
+        scale = cfg.camera_distance * cfg.radius / dist
+    elif cfg.scale == "points":
+        dist = float(np.percentile(np.linalg.norm(pts - center, axis=-1), cfg.points_percentile))
+        if not dist > 1e-12:
+            raise DatasetError(f"{source}: the sparse points all sit at the scene centre: cannot scale from them")
+        scale = cfg.radius / dist
+    else:
+        scale = 1.0
+    m = similarity(scale, rotation, center)
+    if not np.all(np.isfinite(m)):
+        raise DatasetError(f"{source}: the scene normalization is not finite (check the camera poses)")
+    return m
+
+
+def write_scene_transform(path: Path, scene_to_world: np.ndarray, **info) -> Path:
+    """Save ``scene_to_world`` [4, 4] (and its inverse) as JSON at ``path``; returns the path."""
+    m = np.asarray(scene_to_world, dtype=np.float64)
+    scale = abs(np.linalg.det(m[:3, :3])) ** (1.0 / 3.0)
+    payload = {
+        "scene_to_world": m.tolist(),
+        "world_to_scene": invert_similarity(m).tolist(),
+        "scale": scale,  # one scene unit in world units
+        "note": "x_world = scene_to_world @ [x_scene, 1]; exported meshes are already in world coordinates",
+        **info,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def mean_elevation_deg(eyes: np.ndarray, up: np.ndarray) -> float:
+    """Mean elevation (degrees) of positions eyes [N, 3] above the plane through the origin normal to up [3]."""
+    up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
+    r = np.linalg.norm(eyes, axis=-1).clip(1e-12)
+    return float(np.degrees(np.arcsin(np.clip((eyes @ up) / r, -1, 1))).mean())
+
