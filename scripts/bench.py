@@ -138,7 +138,7 @@ class PeakMemory:
 
     def __exit__(self, *exc) -> None:
         if self._rss_ok:
-            kb = bench_rendering._read_status_kb("VmHWM")
+            kb = bench_rendering.read_status_kb("VmHWM")
             self.rss_mb = None if kb is None else kb / 1024
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -440,7 +440,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     device = pick_device(args.device)
     reps = size["reps"]
     res: Dict[str, Any] = {"mode": mode, "device": str(device), "machine": machine_info(device), "reps": reps}
-    kb = bench_rendering._read_status_kb("VmRSS")
+    kb = bench_rendering.read_status_kb("VmRSS")
     res["rss_baseline_mb"] = None if kb is None else kb / 1024  # the process after imports, before any part
     started = time.perf_counter()
 

@@ -65,7 +65,7 @@ def _fixed_mmap_threshold() -> None:
         libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
 
 
-def _read_status_kb(field: str) -> Optional[int]:
+def read_status_kb(field: str) -> Optional[int]:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -91,9 +91,9 @@ def peak_extra_bytes(fn: Callable[[], object]) -> Optional[int]:
         libc.malloc_trim(0)  # hand freed heap pages back, so the start level is the live memory
     if not _reset_peak():
         return None
-    start = _read_status_kb("VmRSS")
+    start = read_status_kb("VmRSS")
     fn()
-    peak = _read_status_kb("VmHWM")
+    peak = read_status_kb("VmHWM")
     if start is None or peak is None:
         return None
     return (peak - start) * 1024

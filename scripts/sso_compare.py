@@ -40,8 +40,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _p in (REPO_ROOT, REPO_ROOT / "scripts"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from bench import cpu_model  # noqa: E402  (the machine description bench.py prints too)
+from bench_rendering import read_status_kb  # noqa: E402
 
 INNER = "model.geometry.xyz_encoding.inner"
 
@@ -73,16 +77,6 @@ REPRESENTATIONS: Dict[str, Dict[str, Any]] = {
 # ------------------------------------------------------------------------------------------------
 # child: one training run through launch.py, measured by a callback added to its Trainer
 # ------------------------------------------------------------------------------------------------
-def _read_kb(field: str) -> Optional[int]:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _probe_class():
     import pytorch_lightning as pl
     import torch
@@ -137,7 +131,7 @@ def _probe_class():
                 self._last = time.perf_counter()
 
         def on_train_end(self, trainer, pl_module) -> None:
-            kb = _read_kb("VmHWM")
+            kb = read_status_kb("VmHWM")
             self.record.update(
                 steps=int(trainer.global_step),
                 train_s=sum(self.times),
@@ -301,9 +295,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides.append(f"trainer.max_steps={args.steps}")
     budget = " and ".join(b for b in (f"{args.steps} steps" if args.steps else "",
                                       f"{args.seconds:g} s of training" if args.seconds else "") if b)
-
-    import platform
-
     import torch
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -312,7 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else None
     header = {"config": str(args.config), "budget": budget, "date": stamp, "overrides": overrides,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "gpu": gpu,
-              "cpu": _cpu_model() or platform.machine()}
+              "cpu": cpu_model()}
     results = []
     with tempfile.TemporaryDirectory(prefix="sso-") as tmp:
         for name in args.representations:
@@ -332,16 +323,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(json.dumps({"header": header, "results": results}, indent=2) if args.json else table)
     print(f"[sso] written: {out_dir / 'results.md'} and results.json", file=sys.stderr)
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
-
-
-def _cpu_model() -> Optional[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 if __name__ == "__main__":
