@@ -21,6 +21,11 @@ class RendererConfig:
     num_samples_per_ray: int = 1024  # sets render_step_size = box diagonal / num_samples_per_ray
     max_samples_per_ray: Optional[int] = None
     cone_angle: float = 0.0  # > 0: steps grow with distance (for large scenes)
+    # after marching, an opacity estimate of every sample (one field evaluation without gradients)
+    # drops the samples below alpha_thre and those behind which the ray is already opaque
+    # (transmittance below early_stop_eps); 0 turns each off
+    alpha_thre: float = 0.0
+    early_stop_eps: float = 0.0
     near_plane: float = 0.0
     far_plane: float = 1e10
     grid_prune: bool = True  # skip empty space with an occupancy grid
@@ -31,6 +36,9 @@ class RendererConfig:
     grid_ema_decay: float = 0.95
     # carve the grid with the training masks' visual hull before training (when the data has masks)
     grid_init_from_masks: bool = False
+    # ... and keep the whole hull occupied for this many steps, so the surface can form anywhere
+    # in it before the grid follows the field (which, in NeuS's shell mode, keeps only a thin shell)
+    grid_hull_hold_steps: int = 256
     eval_chunk_size: int = 8192  # rays per chunk when rendering whole images
     backend: Literal["auto", "torch", "nerfacc"] = "auto"
     # a learned background beyond the scene box, for unbounded scenes (e.g. {name: nerf-background});
@@ -58,6 +66,8 @@ class VolumeRenderer(nn.Module):
         self.grid: Optional[OccupancyGrid] = None
         if cfg.grid_prune:
             self.grid = OccupancyGrid(aabb=[-r, -r, -r, r, r, r], resolution=cfg.grid_resolution)
+        # bool [L, rx, ry, rz]: the cells init_grid_from_masks kept (recomputed on resume, not saved)
+        self.visual_hull: Optional[Tensor] = None
         self.background: Optional[nn.Module] = None
         if cfg.background is not None:
             self.background = models.make(cfg.background.name, cfg.background, path="model.background")
@@ -73,7 +83,7 @@ class VolumeRenderer(nn.Module):
         if self.background is not None:
             self.background.update_step(epoch, global_step)
         if self.grid is not None and self.training:
-            self.grid.update_every_n_steps(
+            updated = self.grid.update_every_n_steps(
                 global_step,
                 self.occupancy_fn,
                 n=self.cfg.grid_update_every,
@@ -81,6 +91,8 @@ class VolumeRenderer(nn.Module):
                 ema_decay=self.cfg.grid_ema_decay,
                 warmup_steps=self.cfg.grid_warmup_steps,
             )
+            if updated and self.visual_hull is not None and global_step < self.cfg.grid_hull_hold_steps:
+                self.grid.binaries |= self.visual_hull.to(self.grid.binaries.device)
 
     @torch.no_grad()
     def init_grid_from_masks(self, c2w: Tensor, intrinsics: Tensor, alpha: Tensor) -> float:
@@ -121,11 +133,19 @@ class VolumeRenderer(nn.Module):
             keep &= ~(inside & (dist[vi, ui] > radius_px))
         mask = keep.reshape(tuple(int(n) for n in grid.resolution)).to(grid.binaries.device)
         grid.set_binary(mask, freeze_empty=True)
+        self.visual_hull = grid.binaries.clone()
         return float(keep.float().mean())
 
     # ------------------------------------------------------------------ rendering
+    def prunes_samples(self) -> bool:
+        """Whether marching evaluates an opacity estimate to drop samples (model.alpha_thre / early_stop_eps)."""
+        return self.cfg.alpha_thre > 0 or self.cfg.early_stop_eps > 0
+
     def march(self, rays_o: Tensor, rays_d: Tensor, alpha_fn: Optional[Callable] = None):
-        """Packed samples (ray_indices [S], t_starts [S], t_ends [S]) along rays [R, 3]."""
+        """Packed samples (ray_indices [S], t_starts [S], t_ends [S]) along rays [R, 3].
+
+        alpha_fn(t_starts [S], t_ends [S], ray_indices [S]) -> alpha [S]: the opacity estimate for
+        pruning (see RendererConfig.alpha_thre / early_stop_eps); called without gradients."""
         return ray_marching(
             rays_o, rays_d,
             aabb=self.aabb,
@@ -136,6 +156,8 @@ class VolumeRenderer(nn.Module):
             stratified=self.training,
             cone_angle=self.cfg.cone_angle,
             alpha_fn=alpha_fn,
+            alpha_thre=self.cfg.alpha_thre,
+            early_stop_eps=self.cfg.early_stop_eps,
             max_samples_per_ray=self.cfg.max_samples_per_ray,
             backend=self.cfg.backend,
         )

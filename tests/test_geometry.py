@@ -165,3 +165,24 @@ def test_mesh_extraction_skips_only_space_known_to_be_empty(grid_mode):
     pts = torch.tensor([[-0.25, -0.25, -0.25], [0.25, 0.25, 0.25], [-0.75, 0.75, 0.75]])
     expected = [grid_mode == "alpha", False, True]
     assert skip(pts).tolist() == expected
+
+
+def test_visual_hull_is_held_occupied_then_the_shell_grid_follows_the_field():
+    torch.manual_seed(0)
+    model = models.make("neus", {"radius": 1.0, "grid_resolution": 16, "grid_mode": "shell", "grid_update_every": 1,
+                                 "grid_warmup_steps": 100, "grid_hull_hold_steps": 3, "num_samples_per_ray": 128,
+                                 "variance": {"init_val": 0.6},  # inv_s = exp(6): a sharp surface
+                                 "geometry": {"name": "volume-sdf", **SDF_CFG}})
+    # one camera on the +z axis looking down whose mask is all foreground: nothing is carved
+    c2w = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 4.0]]])
+    kept = model.init_grid_from_masks(c2w, torch.tensor([[8.0, 8.0, 8.0, 8.0]]), torch.ones(1, 16, 16))
+    assert kept == 1.0 and bool(model.visual_hull.all())
+    model.train()
+    for step in range(3):
+        model.update_step(0, step)
+        assert bool(model.grid.binaries.all())  # held: the whole hull stays occupied
+    model.update_step(0, 3)
+    # released: only cells near the sphere-init surface (radius 0.5) stay; the centre and the corners go
+    occupied = model.grid.binaries[0]
+    assert 0.05 < occupied.float().mean() < 0.9
+    assert not bool(occupied[7:9, 7:9, 7:9].any()) and not bool(occupied[0, 0, 0])

@@ -62,6 +62,19 @@ def test_after_warmup_quarter_uniform_plus_occupied():
     assert bool(mask.reshape(-1)[cell_of(grid, x[128:])].all())  # the second half: occupied cells
 
 
+def test_frozen_cells_are_never_evaluated():
+    grid = OccupancyGrid(BOX, resolution=8)
+    hull = torch.zeros(8, 8, 8, dtype=torch.bool)
+    hull[2:6, 2:6, 2:6] = True  # 64 live cells, the other 448 frozen empty
+    grid.set_binary(hull, freeze_empty=True)
+    for step, expected in ((0, 64), (1000, 16 + 16)):  # warm-up: every live cell; later a quarter + occupied
+        rec = Recorder()
+        grid.update(step=step, occ_eval_fn=rec, warmup_steps=10, generator=torch.Generator().manual_seed(step))
+        cells = cell_of(grid, rec.all_points)
+        assert cells.shape[0] == expected
+        assert bool(hull.reshape(-1)[cells].all())
+
+
 def test_ema_rule():
     grid = OccupancyGrid(BOX, resolution=4)
     g = torch.Generator().manual_seed(1)

@@ -83,16 +83,20 @@ class OccupancyGrid(nn.Module):
         return box[:, :3] + unit * (box[:, 3:] - box[:, :3])
 
     def _cells_to_evaluate(self, step: int, warmup_steps: int, generator: Optional[torch.Generator]) -> Tensor:
-        """Flat cell ids over all levels: every cell during warm-up, afterwards per level a random
-        quarter of all cells plus (up to) a quarter drawn from the occupied cells."""
+        """Flat cell ids over all levels, never frozen ones (their value cannot change): every live
+        cell during warm-up, afterwards per level a random quarter of its live cells plus (up to)
+        as many drawn from the occupied cells. Without frozen cells this is nerfacc's rule."""
         device = self.occs.device
         n_cells = self.cells_per_level
-        if step < warmup_steps:
-            return torch.arange(self.levels * n_cells, device=device)
-        n = n_cells // 4
+        live_by_level = (self.occs >= 0).reshape(self.levels, n_cells)
         ids = []
         for level in range(self.levels):
-            uniform = torch.randint(n_cells, (n,), generator=generator, device=device)
+            live = torch.nonzero(live_by_level[level])[:, 0]
+            if step < warmup_steps:
+                ids.append(live + level * n_cells)
+                continue
+            n = live.numel() // 4
+            uniform = live[torch.randint(live.numel(), (n,), generator=generator, device=device)] if n else live[:0]
             occupied = torch.nonzero(self.binaries[level].reshape(-1))[:, 0]
             if occupied.numel() > n:
                 occupied = occupied[torch.randint(occupied.numel(), (n,), generator=generator, device=device)]
@@ -116,8 +120,9 @@ class OccupancyGrid(nn.Module):
     ) -> None:
         """One EMA update of the occupancy (the rule of nerfacc's OccGridEstimator).
 
-        Cells to evaluate: all during warm-up (``step < warmup_steps``), afterwards per level
-        ``cells // 4`` uniformly random cells plus up to as many random occupied ones. One random
+        Cells to evaluate (frozen ones never): all during warm-up (``step < warmup_steps``),
+        afterwards per level ``live cells // 4`` uniformly random live cells plus up to as many
+        random occupied ones. One random
         point inside each chosen cell goes to ``occ_eval_fn(x [N, 3] world points) -> [N] (or
         [N, 1])`` opacity-like values (called without grad, on at most ``eval_chunk_size`` points at
         a time; None: all at once). Each evaluated cell whose value is not negative becomes
@@ -171,9 +176,10 @@ class OccupancyGrid(nn.Module):
     def set_binary(self, mask: Tensor, freeze_empty: bool = False) -> None:
         """Start from a given occupancy (e.g. a visual hull).
 
-        mask: bool [L, rx, ry, rz] ([rx, ry, rz] allowed when levels == 1). Occupied cells get
-        ``occs = max(occs, 1)`` so they stay occupied until EMA updates decay them; empty ones get
-        0, or -1 with ``freeze_empty`` (never occupied again, whatever the field says).
+        mask: bool [L, rx, ry, rz] ([rx, ry, rz] allowed when levels == 1). The binaries become
+        ``mask`` until the next update; occupied cells keep their EMA value (at least 0), so the
+        field alone decides from the next update on; empty ones get 0, or -1 with ``freeze_empty``
+        (never occupied again, whatever the field says).
         """
         mask = torch.as_tensor(mask, device=self.binaries.device).to(torch.bool)
         if mask.dim() == 3 and self.levels == 1:
@@ -182,7 +188,7 @@ class OccupancyGrid(nn.Module):
             raise ValueError(f"mask must have shape {tuple(self.binaries.shape)}, got {tuple(mask.shape)}")
         flat = mask.reshape(-1)
         empty_value = -1.0 if freeze_empty else 0.0
-        self.occs.copy_(torch.where(flat, self.occs.clamp_min(1.0), torch.full_like(self.occs, empty_value)))
+        self.occs.copy_(torch.where(flat, self.occs.clamp_min(0.0), torch.full_like(self.occs, empty_value)))
         self.binaries.copy_(mask)
 
     def occupied_fraction(self) -> float:
