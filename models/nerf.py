@@ -24,8 +24,6 @@ class NeRFModel(VolumeRenderer):
     class Config(RendererConfig):
         geometry: Any = component("model", {"name": "volume-density"})
         texture: Any = component("model", {"name": "volume-radiance", "input_feature_dim": 15})
-        # skip samples whose opacity is below this during marching (evaluated without gradients)
-        alpha_thre: float = 0.0
         grid_occ_thre: float = 0.01
 
     @torch.no_grad()
@@ -41,12 +39,13 @@ class NeRFModel(VolumeRenderer):
         """
         n_rays = rays_o.shape[0]
 
+        @torch.no_grad()
         def alpha_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
             mid = (t_starts + t_ends) * 0.5
             pts = rays_o[ray_indices] + rays_d[ray_indices] * mid[:, None]
             return 1.0 - torch.exp(-self.geometry.density(pts) * (t_ends - t_starts))
 
-        ray_indices, t_starts, t_ends = self.march(rays_o, rays_d, alpha_fn if self.cfg.alpha_thre > 0 else None)
+        ray_indices, t_starts, t_ends = self.march(rays_o, rays_d, alpha_fn if self.prunes_samples() else None)
         midpoints = (t_starts + t_ends) * 0.5
         dirs = rays_d[ray_indices]
         geo = self.geometry(rays_o[ray_indices] + dirs * midpoints[:, None])

@@ -21,7 +21,11 @@ def neus_alpha(sdf: Tensor, grad: Tensor, dirs: Tensor, dists: Tensor, inv_s: Te
     sdf [S] at the section midpoints, grad [S, 3] their SDF gradients, dirs [S, 3] unit ray
     directions, dists [S] section lengths, inv_s scalar -> alpha [S] in [0, 1].
     """
-    true_cos = (dirs * grad).sum(-1)
+    return neus_alpha_from_slope(sdf, (dirs * grad).sum(-1), dists, inv_s, cos_anneal_ratio)
+
+
+def neus_alpha_from_slope(sdf: Tensor, true_cos: Tensor, dists: Tensor, inv_s: Tensor, cos_anneal_ratio: float) -> Tensor:
+    """neus_alpha given the SDF's rate of change along each ray, true_cos [S] (= dirs . grad)."""
     # early on, anneal from a cosine that never lets the SDF look like it faces away (-0.5 ... 0)
     iter_cos = -(F.relu(-true_cos * 0.5 + 0.5) * (1.0 - cos_anneal_ratio) + F.relu(-true_cos) * cos_anneal_ratio)
     next_sdf = sdf + iter_cos * dists * 0.5
@@ -29,6 +33,24 @@ def neus_alpha(sdf: Tensor, grad: Tensor, dirs: Tensor, dists: Tensor, inv_s: Te
     prev_cdf = torch.sigmoid(prev_sdf * inv_s)
     next_cdf = torch.sigmoid(next_sdf * inv_s)
     return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
+
+
+def slope_along_rays(values: Tensor, t: Tensor, ray_indices: Tensor) -> Tensor:
+    """Rate of change along each ray of values [S] at distances t [S] of packed samples (sorted by
+    ray, then t): the difference to the next sample of the same ray, or to the previous one for a
+    ray's last sample; -1 (head-on) for a ray's only sample -> [S]."""
+    slope = torch.full_like(values, -1.0)
+    if values.shape[0] < 2:
+        return slope
+    same = ray_indices[1:] == ray_indices[:-1]  # sample i and i + 1 share a ray
+    diff = (values[1:] - values[:-1]) / (t[1:] - t[:-1]).clamp_min(1e-12)
+    slope[:-1] = torch.where(same, diff, slope[:-1])
+    last_with_previous = torch.zeros_like(slope, dtype=torch.bool)
+    last_with_previous[1:] = same
+    last_with_previous[:-1] &= ~same
+    idx = torch.nonzero(last_with_previous)[:, 0]
+    slope[idx] = diff[idx - 1]
+    return slope
 
 
 @register("neus")
@@ -82,7 +104,8 @@ class NeuSModel(VolumeRenderer):
         During training also the per-sample values the losses need (sdf_grad [S, 3], weights [S], ...).
         """
         n_rays = rays_o.shape[0]
-        ray_indices, t_starts, t_ends = self.march(rays_o, rays_d)
+        alpha_fn = self.estimated_alpha_fn(rays_o, rays_d) if self.prunes_samples() else None
+        ray_indices, t_starts, t_ends = self.march(rays_o, rays_d, alpha_fn)
         midpoints = (t_starts + t_ends) * 0.5
         dirs = rays_d[ray_indices]
         positions = rays_o[ray_indices] + dirs * midpoints[:, None]
@@ -112,6 +135,20 @@ class NeuSModel(VolumeRenderer):
             if "laplace" in geo:
                 out["sdf_laplace_samples"] = geo["laplace"]
         return out
+
+    def estimated_alpha_fn(self, rays_o: Tensor, rays_d: Tensor):
+        """The opacity estimate used to prune samples: NeuS's alpha with the SDF's rate of change
+        along the ray taken from neighbouring samples instead of the gradient (SDF values only, so
+        it costs one field evaluation without gradients)."""
+
+        @torch.no_grad()
+        def alpha_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
+            mid = (t_starts + t_ends) * 0.5
+            sdf = self.geometry.sdf(rays_o[ray_indices] + rays_d[ray_indices] * mid[:, None])
+            slope = slope_along_rays(sdf, mid, ray_indices)
+            return neus_alpha_from_slope(sdf, slope, t_ends - t_starts, self.inv_s, self.cos_anneal_ratio)
+
+        return alpha_fn
 
     # ------------------------------------------------------------------ export
     @torch.no_grad()
