@@ -64,6 +64,12 @@ def sparsity_loss(sdf: Tensor, scale: float) -> Tensor:
     return torch.exp(-scale * sdf.abs()).mean()
 
 
+def normal_smoothness_loss(normals: Tensor, perturbed_normals: Tensor) -> Tensor:
+    """Unit normals [K, 3] at surface points and [K, 3] at points nudged off them should agree:
+    mean squared difference -> scalar (0 for a plane; penalizes bumps finer than the nudge)."""
+    return (normals - perturbed_normals).pow(2).sum(-1).mean()
+
+
 def curvature_loss(laplace: Tensor) -> Tensor:
     """Mean absolute Laplacian [S] of the SDF -> scalar."""
     return laplace.abs().mean()

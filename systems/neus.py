@@ -9,7 +9,14 @@ from torch import Tensor
 
 from systems import register
 from systems.base import BaseSystem, CommonLossConfig, SystemConfig
-from systems.losses import Weight, curvature_loss, eikonal_loss, sparsity_loss, weight_nonzero
+from systems.losses import (
+    Weight,
+    curvature_loss,
+    eikonal_loss,
+    normal_smoothness_loss,
+    sparsity_loss,
+    weight_nonzero,
+)
 
 
 @dataclasses.dataclass
@@ -22,6 +29,11 @@ class NeuSLossConfig(CommonLossConfig):
     eikonal_random_points: int = 4096
     lambda_sparsity: Weight = 0.0
     lambda_curvature: Weight = 0.0  # needs model.compute_laplace
+    # normals at each ray's expected surface point and at that point moved by a random offset of
+    # normal_smoothness_std scene units should agree: flattens bumps where colour says little
+    lambda_normal_smoothness: Weight = 0.0
+    normal_smoothness_std: float = 0.01
+    normal_smoothness_rays: int = 1024  # at most this many rays (those that hit the surface) per step
     sparsity_scale: float = 1.0
 
 
@@ -50,7 +62,25 @@ class NeuSSystem(BaseSystem):
             terms["sparsity"] = sparsity_loss(out["sdf_samples"], loss_cfg.sparsity_scale)
         if weight_nonzero(loss_cfg.lambda_curvature) and "sdf_laplace_samples" in out and has_samples:
             terms["curvature"] = curvature_loss(out["sdf_laplace_samples"])
+        if weight_nonzero(loss_cfg.lambda_normal_smoothness):
+            points = self.surface_points(batch, out, loss_cfg.normal_smoothness_rays)
+            if points.shape[0] > 0:
+                nudged = points + torch.randn_like(points) * loss_cfg.normal_smoothness_std
+                grads = self.model.geometry(torch.cat([points, nudged]), with_grad=True)["grad"]
+                normals = torch.nn.functional.normalize(grads, dim=-1)
+                terms["normal_smoothness"] = normal_smoothness_loss(*normals.chunk(2))
         return terms
+
+    @torch.no_grad()
+    def surface_points(self, batch: Dict[str, Tensor], out: Dict[str, Tensor], max_points: int) -> Tensor:
+        """Expected surface points [K, 3] (K <= max_points) of the rays that are mostly opaque,
+        at their weight-averaged depth, inside the scene box."""
+        opacity = out["opacity"].squeeze(-1)
+        hit = torch.nonzero(opacity > 0.5).squeeze(-1)[:max_points]
+        depth = out["depth"].squeeze(-1)[hit] / opacity[hit]
+        points = batch["rays_o"][hit] + batch["rays_d"][hit] * depth[:, None]
+        r = float(self.model.cfg.radius)
+        return points[(points.abs() <= r).all(dim=-1)]
 
     def random_box_gradients(self, n: int) -> Tensor:
         """SDF gradients [n, 3] at uniform random points of the scene box."""
