@@ -13,6 +13,7 @@ from models import register
 from models.encodings import encodings
 from models.networks import networks
 from utils.config import component
+from utils.schedules import Weight as Schedule, check_weight, weight_at
 
 
 @register("volume-radiance")
@@ -79,6 +80,11 @@ class VarianceConfig:
     mod_start_steps: int = 0
     reach_max_steps: int = 10000
     max_inv_s: float = 4096.0
+    # a floor under inv_s: a number or a [[step, value], ...] schedule (0: none). NeuS's finite
+    # sharpness gives rays that pass just outside the surface some opacity, which the silhouettes
+    # of the images answer by shrinking the surface (by about 1 / inv_s); a rising floor late in
+    # training shrinks that bias
+    min_inv_s: Schedule = 0.0
 
 
 class VarianceNetwork(nn.Module):
@@ -89,17 +95,22 @@ class VarianceNetwork(nn.Module):
         self.cfg = cfg
         self.variance = nn.Parameter(torch.tensor(float(cfg.init_val)))
         self._cap: Optional[float] = None
+        check_weight(cfg.min_inv_s, "model.variance.min_inv_s")
+        self._floor = weight_at(cfg.min_inv_s, 0)
 
     @property
     def inv_s(self) -> Tensor:
         """Scalar tensor, differentiable w.r.t. the variance."""
         value = torch.exp(self.variance * 10.0)
+        if self._floor > 0:
+            value = value.clamp(min=self._floor)
         if self._cap is not None:
             value = value.clamp(max=self._cap)
         return value
 
     def update_step(self, epoch: int, global_step: int) -> None:
         cfg = self.cfg
+        self._floor = weight_at(cfg.min_inv_s, global_step)
         if not cfg.modulate or global_step < cfg.mod_start_steps:
             self._cap = None if not cfg.modulate else math.exp(10.0 * cfg.init_val)
             return

@@ -137,6 +137,20 @@ def test_variance_inv_s_and_modulation():
     assert float(mod.inv_s) == pytest.approx(100.0)  # capped at max_inv_s
 
 
+def test_variance_floor_schedule():
+    var = VarianceNetwork(VarianceConfig(init_val=0.3, min_inv_s=[[100, 0.0], [200, 1000.0]]))
+    var.update_step(0, 50)
+    assert float(var.inv_s) == pytest.approx(math.exp(3.0))  # no floor yet: the learned value
+    var.update_step(0, 150)
+    assert float(var.inv_s) == pytest.approx(500.0)  # halfway up the ramp
+    var.inv_s.backward()
+    assert float(var.variance.grad) == 0.0  # held by the floor: no gradient to the learned value
+    var.update_step(0, 10_000)
+    assert float(var.inv_s) == pytest.approx(1000.0)
+    with pytest.raises(ValueError, match="min_inv_s"):
+        VarianceNetwork(VarianceConfig(min_inv_s=[[0, 1, 2]]))
+
+
 def test_neus_alpha_hand_case():
     """A section crossing the surface head-on: sdf +d/2 -> -d/2 at the ends."""
     sdf = torch.tensor([0.0])
