@@ -39,6 +39,7 @@ def slope_along_rays(values: Tensor, t: Tensor, ray_indices: Tensor) -> Tensor:
     """Rate of change along each ray of values [S] at distances t [S] of packed samples (sorted by
     ray, then t): the difference to the next sample of the same ray, or to the previous one for a
     ray's last sample; -1 (head-on) for a ray's only sample -> [S]."""
+    values = values.float()  # e.g. bfloat16 under autocast; t is float32
     slope = torch.full_like(values, -1.0)
     if values.shape[0] < 2:
         return slope
