@@ -91,17 +91,22 @@ def test_dynamic_ray_sampling_moves_toward_the_target():
     assert system.n_rays == 1000
 
 
+def render_rays_at_the_origin(system, n=32):
+    """A training batch of n rays from z = -2.5 towards the origin (random targets, all foreground)
+    and the system's model output for it -> (batch, out)."""
+    rays_o = torch.tensor([[0.0, 0.0, -2.5]]).expand(n, 3)
+    rays_d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.1 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    batch = {"rays_o": rays_o, "rays_d": rays_d, "background": torch.ones(n, 3), "rgb": torch.rand(n, 3),
+             "alpha": torch.ones(n)}
+    return batch, system.model(rays_o, rays_d, batch["background"])
+
+
 def test_loss_terms_follow_the_weights():
     system = neus_system(loss={"lambda_eikonal_random": 0.1, "lambda_mask": 0.1, "lambda_tv": 0.01,
                                "lambda_distortion": 0.01})
     system.model.train()
     system.model.update_step(0, 0)  # as training does first: the grid evaluates every cell
-    n = 32
-    rays_o = torch.tensor([[0.0, 0.0, -2.5]]).expand(n, 3)
-    rays_d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.1 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
-    batch = {"rays_o": rays_o, "rays_d": rays_d, "background": torch.ones(n, 3), "rgb": torch.rand(n, 3),
-             "alpha": torch.ones(n)}
-    out = system.model(rays_o, rays_d, batch["background"])
+    batch, out = render_rays_at_the_origin(system)
     terms = system.losses(batch, out)
     assert {"rgb_l1", "eikonal", "eikonal_random", "mask", "tv", "distortion"} <= set(terms)
     assert "sparsity" not in terms and "curvature" not in terms
@@ -121,12 +126,7 @@ def test_normal_smoothness_term_compares_normals_at_nearby_surface_points():
     system = neus_system(loss={"lambda_normal_smoothness": 0.1, "normal_smoothness_rays": 8})
     system.model.train()
     system.model.update_step(0, 0)
-    n = 32
-    rays_o = torch.tensor([[0.0, 0.0, -2.5]]).expand(n, 3)
-    rays_d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.1 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
-    batch = {"rays_o": rays_o, "rays_d": rays_d, "background": torch.ones(n, 3), "rgb": torch.rand(n, 3),
-             "alpha": torch.ones(n)}
-    out = system.model(rays_o, rays_d, batch["background"])
+    batch, out = render_rays_at_the_origin(system)
     points = system.surface_points(batch, out, 8)
     assert points.shape == (8, 3)  # the sphere-init surface is hit by every ray; at most 8 are used
     # near the zero level set (still blurry: inv_s ~ 20), on the camera's side of the initial blob
