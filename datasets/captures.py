@@ -21,7 +21,17 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from datasets.base import DatasetError, Scene, SceneSplit, Split, check_poses, read_image, resize_image, target_size
+from datasets.base import (
+    DatasetError,
+    Scene,
+    SceneSplit,
+    Split,
+    check_poses,
+    read_image,
+    require_folder,
+    resize_image,
+    target_size,
+)
 from datasets.blender import RayDataConfig
 from datasets.cameras import orbit_poses, scale_intrinsics
 from datasets.normalization import (
@@ -84,8 +94,9 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 class CaptureScene(Scene):
-    """Base of the capture loaders: subclasses set ``views``, ``world_to_scene`` (and optionally
-    ``points_world``) in ``__init__`` and call ``_finish_setup``."""
+    """Base of the capture loaders: ``__init__`` checks that ``cfg.root_dir`` is a folder (into
+    ``self.root``, errors naming ``layout``); subclasses then set ``views``, ``world_to_scene``
+    (and optionally ``points_world``) and call ``_finish_setup``."""
 
     layout: str = ""
     #: sparse points [P, 3] in world coordinates (COLMAP's points3D), when the layout has them
@@ -93,6 +104,7 @@ class CaptureScene(Scene):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
+        self.root = require_folder(cfg.root_dir, self.layout)
         self.views: List[CaptureView] = []
         self.world_to_scene = np.eye(4)
         self._images: Dict[int, Tuple[np.ndarray, np.ndarray, bool]] = {}

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 from datasets import register
-from datasets.base import DatasetError, require_folder
+from datasets.base import DatasetError
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView
 from datasets.normalization import NormalizationConfig, normalization_transform
 from datasets.undistort import from_colmap
@@ -95,8 +95,7 @@ class ColmapScene(CaptureScene):
 
     def __init__(self, cfg: "ColmapScene.Config") -> None:
         super().__init__(cfg)
-        root = require_folder(cfg.root_dir, LAYOUT)
-        self.root = root
+        root = self.root
         images_dir = root / cfg.images_dir
         if not images_dir.is_dir():
             raise DatasetError(f"'{images_dir}' does not exist (expected {LAYOUT})")

@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from datasets import register
-from datasets.base import DatasetError, require_folder
+from datasets.base import DatasetError
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView, image_size
 from datasets.normalization import invert_similarity, transform_poses
 from datasets.undistort import LensCamera
@@ -77,8 +77,7 @@ class DTUScene(CaptureScene):
 
     def __init__(self, cfg: "DTUScene.Config") -> None:
         super().__init__(cfg)
-        root = require_folder(cfg.root_dir, LAYOUT)
-        self.root = root
+        root = self.root
         cam_path = self._cameras_path(root)
         source = str(cam_path)
         try:

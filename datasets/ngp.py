@@ -28,7 +28,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from datasets import register
-from datasets.base import DatasetError, require_folder, resolve_inside
+from datasets.base import DatasetError, resolve_inside
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView, image_size
 from datasets.normalization import NormalizationConfig, normalization_transform
 from datasets.undistort import LensCamera, from_opencv_params
@@ -61,8 +61,7 @@ class NgpScene(CaptureScene):
 
     def __init__(self, cfg: "NgpScene.Config") -> None:
         super().__init__(cfg)
-        root = require_folder(cfg.root_dir, LAYOUT)
-        self.root = root
+        root = self.root
         path = root / cfg.transforms_file
         if not path.is_file():
             raise DatasetError(f"'{path}' does not exist (expected {LAYOUT})")

@@ -91,11 +91,9 @@ class NeuSModel(VolumeRenderer):
             box = self.grid.aabbs[0]
             cell_diag = float(((box[3:] - box[:3]) / torch.tensor(self.grid.resolution, device=box.device)).norm())
             sdf = (sdf.abs() - cell_diag).clamp_min(0.0)
-        inv_s = self.inv_s.clamp(1e-6, 1e6)
-        half = self.render_step_size * 0.5
-        prev_cdf = torch.sigmoid((sdf + half) * inv_s)
-        next_cdf = torch.sigmoid((sdf - half) * inv_s)
-        return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
+        head_on = torch.full_like(sdf, -1.0)
+        steps = torch.full_like(sdf, self.render_step_size)
+        return neus_alpha_from_slope(sdf, head_on, steps, self.inv_s.clamp(1e-6, 1e6), cos_anneal_ratio=1.0)
 
     def render(self, rays_o: Tensor, rays_d: Tensor, background: Tensor) -> Dict[str, Tensor]:
         """Rays [R, 3], background [R, 3] -> rgb [R, 3], opacity [R, 1], depth [R, 1], normal [R, 3], ...

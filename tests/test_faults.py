@@ -57,6 +57,21 @@ def wait_for(pattern, root: Path, proc, timeout=180.0) -> Path:
     raise AssertionError(f"{pattern} did not appear within {timeout} s")
 
 
+def signal_child_once(tmp_path, args, sleep, pattern, sig, timeout):
+    """Start the child, send it ``sig`` once ``pattern`` (a glob under exp/) appears, wait for it
+    to exit -> the finished process (killed if it outlives ``timeout`` seconds)."""
+    proc, log_file = start_child(tmp_path, args, sleep=sleep)
+    try:
+        wait_for(pattern, tmp_path / "exp", proc)
+        proc.send_signal(sig)
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log_file.close()
+    return proc
+
+
 def finite_weights(ckpt) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in ckpt["state_dict"].values() if v.is_floating_point())
 
@@ -68,15 +83,7 @@ def optimizer_steps(ckpt) -> int:
 def test_sigterm_saves_last_checkpoint_and_resume_last_finishes(tmp_path, tiny_scene_dir, capsys):
     args = train_args(tiny_scene_dir, "tag=sig", "trainer.max_steps=1000", "trainer.val_check_interval=1000",
                       "checkpoint.every_n_train_steps=3")
-    proc, log_file = start_child(tmp_path, args, sleep=0.1)
-    try:
-        wait_for("neus-synthetic/sig@*/ckpt/step0000003.ckpt", tmp_path / "exp", proc)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log_file.close()
+    proc = signal_child_once(tmp_path, args, 0.1, "neus-synthetic/sig@*/ckpt/step0000003.ckpt", signal.SIGTERM, 120)
     output = (tmp_path / "child.log").read_text()
     assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
     lines = [line for line in output.splitlines() if line.startswith("interrupted:")]
@@ -104,15 +111,9 @@ def test_sigkill_leaves_intact_checkpoints_and_resume_continues_the_schedule(tmp
     total = 12
     args = train_args(tiny_scene_dir, "tag=kill", f"trainer.max_steps={total}", "trainer.val_check_interval=1000",
                       "checkpoint.every_n_train_steps=3")
-    proc, log_file = start_child(tmp_path, args, sleep=0.3)
-    try:
-        ckpt_dir = wait_for("neus-synthetic/kill@*/ckpt/step0000006.ckpt", tmp_path / "exp", proc).parent
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log_file.close()
+    pattern = "neus-synthetic/kill@*/ckpt/step0000006.ckpt"
+    proc = signal_child_once(tmp_path, args, 0.3, pattern, signal.SIGKILL, 60)
+    (ckpt_dir,) = {p.parent for p in (tmp_path / "exp").glob(pattern)}
     assert proc.returncode == -signal.SIGKILL
     # every file under a final name is a whole checkpoint; a write cut short stays a .tmp
     intact = {p: read_checkpoint(p) for p in ckpt_dir.glob("*.ckpt")}
