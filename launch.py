@@ -72,7 +72,9 @@ def cli_overrides(args: argparse.Namespace) -> List[str]:
     return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, extra_callbacks: Sequence = ()) -> int:
+    """Run the command line ``argv`` (default: sys.argv); ``extra_callbacks`` join the run's
+    Lightning callbacks (e.g. a benchmark's probe). Returns the exit status."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
@@ -87,12 +89,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from utils.config import ConfigError
     from utils.distributed import launch_rank, started_by_lightning_launcher
-    from utils.runner import RunError, RunInterrupted, run
+    from systems.run import RunError, RunInterrupted, run
 
     rank = launch_rank()
     prefix = "" if rank == 0 else f"[rank {rank}] "
     try:
-        return run(action, args, list(extras) + cli_overrides(args), REPO_ROOT)
+        return run(action, args, list(extras) + cli_overrides(args), REPO_ROOT, extra_callbacks=extra_callbacks)
     except RunInterrupted as err:
         if rank == 0:
             print(f"interrupted: {err}", file=sys.stderr)

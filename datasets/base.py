@@ -66,8 +66,11 @@ class Scene:
     #: path of a ground-truth surface (mesh) in world coordinates, when the data has one
     gt_mesh_path: Optional[str] = None
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, scene_radius: float = 1.0) -> None:
         self.cfg = cfg
+        #: the model's scene box is [-scene_radius, scene_radius]^3 (model.radius): loaders that
+        #: normalize the input fit the object into it
+        self.scene_radius = float(scene_radius)
         self.scene_to_world = torch.eye(4)
 
     def load_split(self, split: Split) -> SceneSplit:

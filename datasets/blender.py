@@ -68,8 +68,8 @@ class BlenderScene(Scene):
         val_split: Literal["train", "val", "test"] = "val"
         test_split: Literal["train", "val", "test"] = "test"
 
-    def __init__(self, cfg: "BlenderScene.Config") -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: "BlenderScene.Config", scene_radius: float = 1.0) -> None:
+        super().__init__(cfg, scene_radius)
         self.root = require_folder(cfg.root_dir, LAYOUT)
 
     # -------------------------------------------------------------- reading

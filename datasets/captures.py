@@ -102,8 +102,8 @@ class CaptureScene(Scene):
     #: sparse points [P, 3] in world coordinates (COLMAP's points3D), when the layout has them
     points_world: Optional[np.ndarray] = None
 
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg, scene_radius: float = 1.0) -> None:
+        super().__init__(cfg, scene_radius)
         self.root = require_folder(cfg.root_dir, self.layout)
         self.views: List[CaptureView] = []
         self.world_to_scene = np.eye(4)

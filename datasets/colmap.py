@@ -93,8 +93,8 @@ class ColmapScene(CaptureScene):
 
     layout = LAYOUT
 
-    def __init__(self, cfg: "ColmapScene.Config") -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: "ColmapScene.Config", scene_radius: float = 1.0) -> None:
+        super().__init__(cfg, scene_radius)
         root = self.root
         images_dir = root / cfg.images_dir
         if not images_dir.is_dir():
@@ -140,7 +140,8 @@ class ColmapScene(CaptureScene):
         if not np.all(np.isfinite(c2w)):
             bad = np.nonzero(~np.isfinite(c2w.reshape(len(c2w), -1)).all(1))[0].tolist()
             raise DatasetError(f"{source}: camera pose(s) at index {bad[:10]} contain NaN or inf")
-        self.world_to_scene = normalization_transform(c2w, self.points_world, cfg.normalization, source)
+        self.world_to_scene = normalization_transform(c2w, self.points_world, cfg.normalization, source,
+                                                      radius=self.scene_radius)
         self.up_is_z = cfg.normalization.up != "none"
         self._finish_setup(source)
 

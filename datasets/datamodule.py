@@ -1,13 +1,13 @@
 """A Lightning DataModule over any registered scene.
 
 Training is an endless stream of random-ray batches drawn in-process (cheap indexing into the
-images held in memory), so the system can change the batch size from step to step (dynamic ray
-sampling) by setting ``train_dataset.n_rays``. Validation, test and predict go image by image.
+images held in memory), so the batch size can change from step to step: dynamic ray sampling
+(``systems.ray_budget.DynamicRayBudget``, a callback) sets it with ``set_train_rays``.
+Validation, test and predict go image by image; each batch says its image's height and width.
 """
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 import pytorch_lightning as pl
@@ -77,7 +77,8 @@ class RandomRays(IterableDataset):
 
 
 class ImageRays(Dataset):
-    """One whole image per item: rays [H*W, 3] and, where there is ground truth, rgb [H*W, 3] and alpha [H*W]."""
+    """One whole image per item: index, height, width, rays [H*W, 3] and, where there is ground
+    truth, rgb [H*W, 3] and alpha [H*W]."""
 
     def __init__(self, split: SceneSplit, background: str):
         self.split = split
@@ -93,6 +94,8 @@ class ImageRays(Dataset):
         n = rays_o.shape[0]
         item = {
             "index": torch.tensor(index),
+            "height": s.height,
+            "width": s.width,
             "rays_o": rays_o,
             "rays_d": rays_d,
             "background": background_colours(self.background, n),
@@ -111,7 +114,7 @@ class SceneDataModule(pl.LightningDataModule):
         super().__init__()
         self.scene = scene
         self.cfg = cfg
-        self.train_num_rays = train_num_rays
+        self.train_num_rays = int(train_num_rays)
         self.seed = seed
         self.splits: Dict[str, SceneSplit] = {}
         self.train_dataset: Optional[RandomRays] = None
@@ -121,10 +124,14 @@ class SceneDataModule(pl.LightningDataModule):
             self.splits[name] = self.scene.load_split(name)  # type: ignore[arg-type]
         return self.splits[name]
 
+    def set_train_rays(self, n_rays: int) -> None:
+        """The number of rays of the next training batches."""
+        self.train_num_rays = int(n_rays)
+        if self.train_dataset is not None:
+            self.train_dataset.n_rays = self.train_num_rays
+
     def setup(self, stage: Optional[str] = None) -> None:
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        if rank == 0:
-            self.write_scene_transform()
         if stage in (None, "fit"):
             # a different ray stream on every process
             self.train_dataset = RandomRays(
@@ -137,22 +144,6 @@ class SceneDataModule(pl.LightningDataModule):
             self.split("test")
         if stage in (None, "predict"):
             self.split("predict")
-
-    def write_scene_transform(self, save_dir: Optional[Path] = None) -> Optional[Path]:
-        """Save the scene's ``scene_to_world`` as ``scene_to_world.json`` in the run's save folder
-        (by default the system's ``context.save_dir``); returns the path, or None without a folder."""
-        from datasets.normalization import write_scene_transform
-
-        if save_dir is None:
-            module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-            save_dir = getattr(getattr(module, "context", None), "save_dir", None)
-        if save_dir is None:
-            return None
-        info = {"dataset": getattr(self.scene, "registry_name", type(self.scene).__name__)}
-        root = getattr(self.cfg, "root_dir", None)
-        if root is not None:
-            info["root_dir"] = str(root)
-        return write_scene_transform(Path(save_dir) / "scene_to_world.json", self.scene.scene_to_world.numpy(), **info)
 
     def state_dict(self) -> Dict[str, list]:
         """Kept in checkpoints, so a checkpoint records the frame its weights live in."""

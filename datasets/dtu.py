@@ -75,8 +75,8 @@ class DTUScene(CaptureScene):
 
     layout = LAYOUT
 
-    def __init__(self, cfg: "DTUScene.Config") -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: "DTUScene.Config", scene_radius: float = 1.0) -> None:
+        super().__init__(cfg, scene_radius)
         root = self.root
         cam_path = self._cameras_path(root)
         source = str(cam_path)

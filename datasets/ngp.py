@@ -59,8 +59,8 @@ class NgpScene(CaptureScene):
 
     layout = LAYOUT
 
-    def __init__(self, cfg: "NgpScene.Config") -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: "NgpScene.Config", scene_radius: float = 1.0) -> None:
+        super().__init__(cfg, scene_radius)
         root = self.root
         path = root / cfg.transforms_file
         if not path.is_file():
@@ -119,7 +119,7 @@ class NgpScene(CaptureScene):
             )
         self.n_skipped = len(missing)
         c2w = np.stack([v.c2w for v in self.views])
-        self.world_to_scene = normalization_transform(c2w, None, cfg.normalization, source)
+        self.world_to_scene = normalization_transform(c2w, None, cfg.normalization, source, radius=self.scene_radius)
         self.up_is_z = cfg.normalization.up != "none"
         self._finish_setup(source)
 

@@ -37,8 +37,7 @@ class NormalizationConfig:
     center: Literal["lookat", "cameras", "points", "none"] = "lookat"
     up: Literal["cameras", "points", "none"] = "cameras"
     scale: Literal["cameras", "points", "none"] = "cameras"
-    # the object of interest ends inside a sphere of this radius (set it to the model's radius)
-    radius: float = 1.0
+    # (the object of interest ends inside a sphere of the model's radius, model.radius)
     # scale 'cameras': the cameras' median distance to the centre becomes camera_distance x radius
     camera_distance: float = 2.5
     # scale 'points': this percentile of the sparse points' distances to the centre becomes radius
@@ -164,10 +163,11 @@ def transform_poses(m: np.ndarray, c2w: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the whole transform
 def normalization_transform(
-    c2w: np.ndarray, points: Optional[np.ndarray], cfg: NormalizationConfig, source: str
+    c2w: np.ndarray, points: Optional[np.ndarray], cfg: NormalizationConfig, source: str, radius: float = 1.0
 ) -> np.ndarray:
     """world -> scene similarity [4, 4] for cameras c2w [N, 3, 4] (OpenCV, world) and optional
-    sparse points [P, 3] (world), as chosen by ``cfg``. ``source`` names the input in errors."""
+    sparse points [P, 3] (world), as chosen by ``cfg``, fitting the object into a sphere of
+    ``radius`` (the model's). ``source`` names the input in errors."""
     c2w = np.asarray(c2w, dtype=np.float64)
     has_points = points is not None and len(points) > 0
     for key in ("center", "up", "scale"):
@@ -176,9 +176,9 @@ def normalization_transform(
                 f"dataset.normalization.{key}: 'points' needs sparse points, but {source} has none "
                 "(choose 'cameras')"
             )
-    if cfg.radius <= 0 or cfg.camera_distance <= 0 or not 0 < cfg.points_percentile <= 100:
+    if radius <= 0 or cfg.camera_distance <= 0 or not 0 < cfg.points_percentile <= 100:
         raise DatasetError(
-            "dataset.normalization: radius and camera_distance must be positive and points_percentile in (0, 100]"
+            "dataset.normalization: model.radius and camera_distance must be positive and points_percentile in (0, 100]"
         )
     pts = np.asarray(points, dtype=np.float64) if has_points else None
     eyes = camera_centres(c2w)
@@ -216,12 +216,12 @@ def normalization_transform(
         dist = float(np.median(np.linalg.norm(eyes - center, axis=-1)))
         if not dist > 1e-12:
             raise DatasetError(f"{source}: the cameras sit at the scene centre: cannot scale from camera distances")
-        scale = cfg.camera_distance * cfg.radius / dist
+        scale = cfg.camera_distance * radius / dist
     elif cfg.scale == "points":
         dist = float(np.percentile(np.linalg.norm(pts - center, axis=-1), cfg.points_percentile))
         if not dist > 1e-12:
             raise DatasetError(f"{source}: the sparse points all sit at the scene centre: cannot scale from them")
-        scale = cfg.radius / dist
+        scale = radius / dist
     else:
         scale = 1.0
     m = similarity(scale, rotation, center)

@@ -244,7 +244,7 @@ class SyntheticScene(BlenderScene):
         supersample: int = 2
         gt_mesh_resolution: int = 256  # marching-cubes grid of the ground-truth surface
 
-    def __init__(self, cfg: "SyntheticScene.Config") -> None:
+    def __init__(self, cfg: "SyntheticScene.Config", scene_radius: float = 1.0) -> None:
         root = Path(cfg.root_dir or f"load/synthetic/{cfg.resolution}px-seed{cfg.seed}")
         meta_path = root / "scene.json"
         if not root.exists():
@@ -265,5 +265,5 @@ class SyntheticScene(BlenderScene):
                     "set dataset.root_dir to a new folder or remove the old one"
                 )
         cfg = dataclasses.replace(cfg, root_dir=str(root))
-        super().__init__(cfg)
+        super().__init__(cfg, scene_radius)
         self.gt_mesh_path = str(root / "gt_mesh.ply")

@@ -4,8 +4,7 @@ A density field with radiance (``volume-density`` geometry + ``volume-radiance``
 of space, queried at contracted coordinates (``contract(x, scene box, 'un_bounded_sphere')``, so
 infinity maps to a finite cell of the encoding). Each ray gets ``n_samples`` contiguous intervals
 from where it leaves the scene box to ``far_plane``, uniform in disparity (1/t), which is close to
-uniform in contracted space. The renderer composites it behind the foreground (see
-``VolumeRenderer.composite_background``):
+uniform in contracted space. The model composites it behind the foreground (see ``BaseModel.composite_background``):
 
     rgb = fg_rgb + (1 - fg_opacity) * (bg_rgb + (1 - bg_opacity) * background_colour)
 
@@ -14,28 +13,33 @@ with ``fg_rgb`` and ``bg_rgb`` premultiplied by their opacities.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any, Dict, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-import models
-from models import register
-from models.rendering import accumulate_along_rays, contract, render_weight_from_density, sample_background
+from models import backgrounds, geometries, textures
+from models.outputs import BackgroundOutput, PackedSamples, count
+from models.rendering import FieldValues, contract, render_packed, sample_background
 from utils.config import component
 
+# the field's unit-cube inputs are the contracted coordinates: a geometry box of radius 1 maps
+# [-1, 1]^3 onto [0, 1]^3 (see field_points)
+_FIELD_RADIUS = 1.0
 
-@register("nerf-background")
+
+@backgrounds.register("nerf-background")
 class NeRFBackground(nn.Module):
     @dataclasses.dataclass
     class Config:
         n_samples: int = 32  # intervals per ray, uniform in disparity from the box exit to far_plane
         far_plane: float = 1000.0  # ray distance (scene units) where the background ends
         contraction: Literal["un_bounded_sphere"] = "un_bounded_sphere"
-        # the field; its inputs are contracted coordinates, so geometry.radius has no effect here
+        # the field, over contracted coordinates
         geometry: Any = component(
-            "model",
+            "geometry",
             {"name": "volume-density", "feature_dim": 7,
              "xyz_encoding": {"name": "hashgrid", "n_levels": 12, "n_features_per_level": 2, "log2_hashmap_size": 17,
                               "base_resolution": 16, "per_level_scale": 1.4},
@@ -45,8 +49,8 @@ class NeRFBackground(nn.Module):
              "density_bias": -5.0},
         )
         texture: Any = component(
-            "model",
-            {"name": "volume-radiance", "input_feature_dim": 7,
+            "texture",
+            {"name": "volume-radiance",
              "dir_encoding": {"name": "spherical-harmonics", "degree": 4},
              "mlp_network": {"name": "mlp", "n_neurons": 32, "n_hidden_layers": 2, "activation": "relu",
                              "output_activation": "sigmoid"}},
@@ -61,14 +65,10 @@ class NeRFBackground(nn.Module):
             raise ValueError(f"model.background.far_plane must be > 0, got {cfg.far_plane}")
         if cfg.geometry.name != "volume-density":
             raise ValueError(f"model.background.geometry must be a volume-density field, got '{cfg.geometry.name}'")
-        feature_dim = getattr(cfg.texture, "input_feature_dim", cfg.geometry.feature_dim)
-        if feature_dim != cfg.geometry.feature_dim:
-            raise ValueError(
-                f"model.background.texture.input_feature_dim ({feature_dim}) must equal "
-                f"model.background.geometry.feature_dim ({cfg.geometry.feature_dim})"
-            )
-        self.geometry = models.make(cfg.geometry.name, cfg.geometry, path="model.background.geometry")
-        self.texture = models.make(cfg.texture.name, cfg.texture, path="model.background.texture")
+        self.geometry = geometries.make(cfg.geometry.name, cfg.geometry, radius=_FIELD_RADIUS,
+                                        path="model.background.geometry")
+        self.texture = textures.make(cfg.texture.name, cfg.texture, n_feature_dims=self.geometry.feature_dim,
+                                     path="model.background.texture")
 
     def update_step(self, epoch: int, global_step: int) -> None:
         self.geometry.update_step(epoch, global_step)
@@ -84,6 +84,12 @@ class NeRFBackground(nn.Module):
         """World points [N, 3] -> density [N] (per unit of world distance)."""
         return self.geometry.density(self.field_points(points, aabb))
 
+    def field_values(self, rays_o: Tensor, rays_d: Tensor, aabb: Tensor, samples: PackedSamples) -> FieldValues:
+        """Density and colour at the samples of rays [R, 3] beyond the box aabb [6]."""
+        dirs = samples.directions(rays_d)
+        geo = self.geometry(self.field_points(samples.points(rays_o, dirs), aabb))
+        return FieldValues(rgb=self.texture(geo["feature"], dirs), sigma=geo["density"])
+
     def forward(
         self,
         rays_o: Tensor,
@@ -92,12 +98,11 @@ class NeRFBackground(nn.Module):
         near_plane: float = 0.0,
         far_plane: float = math.inf,
         backend: str = "auto",
-    ) -> Dict[str, Tensor]:
-        """Rays [R, 3] and the scene box aabb [6] -> the background alone:
-        rgb [R, 3] (premultiplied by its opacity), opacity [R, 1], depth [R, 1], num_samples (scalar),
-        and during training its packed samples: weights [S], ray_indices [S], t_starts [S], t_ends [S]
-        and s_starts [S], s_ends [S] (the intervals in normalized disparity: 0 at the box exit, 1 at
-        the far plane; what the distortion loss uses, as t spans orders of magnitude).
+    ) -> BackgroundOutput:
+        """Rays [R, 3] and the scene box aabb [6] -> the background alone (see BackgroundOutput):
+        rgb [R, 3] premultiplied by its opacity [R, 1], depth [R, 1], and during training its
+        samples with their weights, and their intervals in normalized disparity (0 at the box exit,
+        1 at the far plane).
         """
         n_rays = rays_o.shape[0]
         far = min(float(self.cfg.far_plane), float(far_plane))
@@ -105,19 +110,9 @@ class NeRFBackground(nn.Module):
         ray_indices, t_starts, t_ends = sample_background(
             rays_o, rays_d, aabb, far_plane=far, n_samples=n, stratified=self.training, near_plane=near_plane
         )
-        midpoints = (t_starts + t_ends) * 0.5
-        dirs = rays_d[ray_indices]
-        geo = self.geometry(self.field_points(rays_o[ray_indices] + dirs * midpoints[:, None], aabb))
-        rgb = self.texture(geo["feature"], dirs)
-        weights, _, _ = render_weight_from_density(
-            t_starts, t_ends, geo["density"], ray_indices=ray_indices, n_rays=n_rays, backend=backend
-        )
-        out = {
-            "rgb": accumulate_along_rays(weights, rgb, ray_indices, n_rays),
-            "opacity": accumulate_along_rays(weights, None, ray_indices, n_rays),
-            "depth": accumulate_along_rays(weights, midpoints[:, None], ray_indices, n_rays),
-            "num_samples": torch.tensor(float(ray_indices.shape[0]), device=rays_o.device),
-        }
+        samples = PackedSamples(ray_indices, t_starts, t_ends, n_rays=n_rays)
+        acc, _ = render_packed(samples, functools.partial(self.field_values, rays_o, rays_d, aabb), backend=backend)
+        out = BackgroundOutput(rgb=acc.rgb, opacity=acc.opacity, depth=acc.depth, num_samples=count(len(samples), rays_o))
         if self.training:
             with torch.no_grad():  # samples are sorted by ray, n per ray
                 start = t_starts.view(n_rays, n)[:, :1]
@@ -125,6 +120,5 @@ class NeRFBackground(nn.Module):
                 span = (inv_start - inv_far).clamp_min(1e-12)
                 s_starts = ((inv_start - 1.0 / t_starts.view(n_rays, n)) / span).clamp(0.0, 1.0).reshape(-1)
                 s_ends = ((inv_start - 1.0 / t_ends.view(n_rays, n)) / span).clamp(0.0, 1.0).reshape(-1)
-            out.update(weights=weights, ray_indices=ray_indices, t_starts=t_starts, t_ends=t_ends,
-                       s_starts=s_starts, s_ends=s_ends)
+            out.samples, out.s_starts, out.s_ends = samples, s_starts, s_ends
         return out

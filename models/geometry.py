@@ -4,7 +4,8 @@
 SDF's spatial gradient computed analytically (the encodings' explicit Jacobians chained through
 the network's hand-written input gradient: a first-order graph only), by autograd with
 ``create_graph``, or by central finite differences. ``volume-density`` predicts a density.
-Points are given in scene coordinates inside the box [-radius, radius]^3.
+Points are given in scene coordinates inside the box [-radius, radius]^3; ``radius`` is the
+model's (``model.radius``), handed over when the model builds its geometry.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Dict, Literal, Union
 import torch
 from torch import Tensor, nn
 
-from models import register
+from models import geometries
 from models.encodings import encodings
 from models.networks import networks
 from utils.config import component
@@ -23,12 +24,13 @@ from utils.config import component
 class BaseGeometry(nn.Module):
     """Shared parts: unit-cube mapping, encoding, network, per-step updates and regularizers."""
 
-    n_output_dims: int
-
-    def __init__(self, cfg: Any, n_outputs: int) -> None:
+    def __init__(self, cfg: Any, radius: float, n_outputs: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.radius = float(cfg.radius)
+        self.radius = float(radius)
+        if not self.radius > 0:
+            raise ValueError(f"model.radius must be > 0, got {radius}")
+        self.feature_dim = int(cfg.feature_dim)  # features handed to the texture
         self.encoding = encodings.make(cfg.xyz_encoding.name, cfg.xyz_encoding, n_input_dims=3)
         self.network = networks.make(
             cfg.mlp_network.name, cfg.mlp_network, n_input_dims=self.encoding.n_output_dims, n_output_dims=n_outputs
@@ -46,11 +48,10 @@ class BaseGeometry(nn.Module):
         return self.encoding.regularizations() if hasattr(self.encoding, "regularizations") else {}
 
 
-@register("volume-sdf")
+@geometries.register("volume-sdf")
 class VolumeSDF(BaseGeometry):
     @dataclasses.dataclass
     class Config:
-        radius: float = 1.0
         feature_dim: int = 13  # features handed to the texture, besides the SDF
         xyz_encoding: Any = component(
             "encoding", {"name": "with-xyz", "inner": {"name": "hashgrid"}}, help="position encoding"
@@ -63,8 +64,8 @@ class VolumeSDF(BaseGeometry):
         # finite-difference step in scene units, or 'progressive' to follow the finest active hash-grid level
         finite_difference_eps: Union[float, Literal["progressive"]] = 1e-3
 
-    def __init__(self, cfg: "VolumeSDF.Config") -> None:
-        super().__init__(cfg, 1 + cfg.feature_dim)
+    def __init__(self, cfg: "VolumeSDF.Config", radius: float = 1.0) -> None:
+        super().__init__(cfg, radius, 1 + cfg.feature_dim)
         if cfg.finite_difference_eps == "progressive" and not hasattr(self.encoding, "finest_active_resolution"):
             raise ValueError(
                 "model.geometry.finite_difference_eps='progressive' needs a progressive hash grid encoding"
@@ -126,19 +127,18 @@ class VolumeSDF(BaseGeometry):
         return (values.sum(dim=(0, 1)) - 6.0 * sdf) / self.fd_eps() ** 2
 
 
-@register("volume-density")
+@geometries.register("volume-density")
 class VolumeDensity(BaseGeometry):
     @dataclasses.dataclass
     class Config:
-        radius: float = 1.0
         feature_dim: int = 15
         xyz_encoding: Any = component("encoding", {"name": "hashgrid"})
         mlp_network: Any = component("network", {"name": "mlp", "n_neurons": 64, "n_hidden_layers": 1})
         density_activation: Literal["trunc_exp", "exp", "softplus", "relu"] = "trunc_exp"
         density_bias: float = -1.0
 
-    def __init__(self, cfg: "VolumeDensity.Config") -> None:
-        super().__init__(cfg, 1 + cfg.feature_dim)
+    def __init__(self, cfg: "VolumeDensity.Config", radius: float = 1.0) -> None:
+        super().__init__(cfg, radius, 1 + cfg.feature_dim)
 
     def activate(self, raw: Tensor) -> Tensor:
         raw = raw + self.cfg.density_bias

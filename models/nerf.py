@@ -7,76 +7,61 @@ beyond it, composited behind (see models/background.py)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from models import register
-from models.rendering import accumulate_along_rays, render_weight_from_density
-from models.volume_renderer import RendererConfig, VolumeRenderer
+from models.base import BaseModel, GridConfig, ModelConfig
+from models.outputs import PackedSamples
+from models.rendering import FieldValues
 from utils.config import component
 
 
 @register("nerf")
-class NeRFModel(VolumeRenderer):
+class NeRFModel(BaseModel):
     @dataclasses.dataclass
-    class Config(RendererConfig):
-        geometry: Any = component("model", {"name": "volume-density"})
-        texture: Any = component("model", {"name": "volume-radiance", "input_feature_dim": 15})
-        grid_occ_thre: float = 0.01
+    class Config(ModelConfig):
+        geometry: Any = component("geometry", {"name": "volume-density"})
+        texture: Any = component("texture", {"name": "volume-radiance"})
+        grid: GridConfig = dataclasses.field(default_factory=lambda: GridConfig(occ_thre=0.01))
+
+    def __init__(self, cfg: "NeRFModel.Config") -> None:
+        super().__init__(cfg)
+        if cfg.geometry.name != "volume-density":
+            raise ValueError(f"model.geometry: NeRF needs a density geometry (volume-density), got '{cfg.geometry.name}'")
 
     @torch.no_grad()
     def occupancy_fn(self, points: Tensor) -> Tensor:
         """points [N, 3] -> opacity of one render step at each point [N]."""
         return 1.0 - torch.exp(-self.geometry.density(points) * self.render_step_size)
 
-    def render(self, rays_o: Tensor, rays_d: Tensor, background: Tensor) -> Dict[str, Tensor]:
-        """Rays [R, 3], background [R, 3] -> rgb [R, 3], opacity [R, 1], depth [R, 1], ...
-
-        opacity and depth are the foreground's (inside the scene box); rgb has the learned
-        background (model.background: an unbounded scene) and then the background colour behind it.
-        """
-        n_rays = rays_o.shape[0]
-
-        @torch.no_grad()
-        def alpha_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
-            mid = (t_starts + t_ends) * 0.5
-            pts = rays_o[ray_indices] + rays_d[ray_indices] * mid[:, None]
-            return 1.0 - torch.exp(-self.geometry.density(pts) * (t_ends - t_starts))
-
-        ray_indices, t_starts, t_ends = self.march(rays_o, rays_d, alpha_fn if self.prunes_samples() else None)
-        midpoints = (t_starts + t_ends) * 0.5
-        dirs = rays_d[ray_indices]
-        geo = self.geometry(rays_o[ray_indices] + dirs * midpoints[:, None])
-        rgb = self.texture(geo["feature"], dirs)
-        weights, _, _ = render_weight_from_density(
-            t_starts, t_ends, geo["density"], ray_indices=ray_indices, n_rays=n_rays, backend=self.cfg.backend
-        )
-        opacity = accumulate_along_rays(weights, None, ray_indices, n_rays)
-        out = {
-            "opacity": opacity,
-            "depth": accumulate_along_rays(weights, midpoints[:, None], ray_indices, n_rays),
-            "num_samples": torch.tensor(float(ray_indices.shape[0]), device=rays_o.device),
-        }
-        fg_rgb = accumulate_along_rays(weights, rgb, ray_indices, n_rays)
-        out["rgb"] = self.composite_background(out, fg_rgb, opacity, rays_o, rays_d, background)
-        if self.training:
-            out.update(weights=weights, t_starts=t_starts, t_ends=t_ends, ray_indices=ray_indices,
-                       density_samples=geo["density"])
-        return out
+    def field_values(self, rays_o: Tensor, rays_d: Tensor, samples: PackedSamples) -> FieldValues:
+        """Density and colour at the samples of rays [R, 3]."""
+        dirs = samples.directions(rays_d)
+        geo = self.geometry(samples.points(rays_o, dirs))
+        return FieldValues(rgb=self.texture(geo["feature"], dirs), sigma=geo["density"])
 
     @torch.no_grad()
-    def surface_colors(self, vertices: Tensor, chunk: int = 65536) -> Tensor:
-        """Colour of points [V, 3] viewed along -z (NeRF has no normals to look along) -> [V, 3]."""
+    def estimate_alpha(self, rays_o: Tensor, rays_d: Tensor, t_starts: Tensor, t_ends: Tensor,
+                       ray_indices: Tensor) -> Tensor:
+        """The opacity [S] of each interval from the density at its midpoint (no gradients)."""
+        samples = PackedSamples(ray_indices, t_starts, t_ends, n_rays=rays_o.shape[0])
+        density = self.geometry.density(samples.points(rays_o, samples.directions(rays_d)))
+        return 1.0 - torch.exp(-density * samples.deltas)
+
+    @torch.no_grad()
+    def surface_colors(self, points: Tensor, chunk: int = 65536) -> Tensor:
+        """Colour of points [N, 3] viewed along -z (NeRF has no normals to look along) -> [N, 3]."""
         colours = []
-        for i in range(0, vertices.shape[0], chunk):
-            pts = vertices[i:i + chunk]
+        for i in range(0, points.shape[0], chunk):
+            pts = points[i:i + chunk]
             geo = self.geometry(pts)
             dirs = torch.zeros_like(pts)
             dirs[:, 2] = -1.0
             colours.append(self.texture(geo["feature"], dirs))
-        return torch.cat(colours) if colours else vertices.new_zeros(0, 3)
+        return torch.cat(colours) if colours else points.new_zeros(0, 3)
 
     def isosurface_field(self, threshold: float):
         """(fn: points [N, 3] -> -density [N], -threshold): inside, where density > threshold, is below the level."""

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models import register
-from models.rendering import accumulate_along_rays, render_weight_from_alpha
-from models.texture import VarianceConfig, VarianceNetwork
-from models.volume_renderer import RendererConfig, VolumeRenderer
+from models.base import BaseModel, GridConfig, ModelConfig
+from models.outputs import PackedSamples, RenderOutput
+from models.rendering import FieldValues
+from models.variance import VarianceConfig, VarianceNetwork
 from utils.config import component
 
 
@@ -54,27 +55,47 @@ def slope_along_rays(values: Tensor, t: Tensor, ray_indices: Tensor) -> Tensor:
     return slope
 
 
+@dataclasses.dataclass
+class NeuSGridConfig(GridConfig):
+    # what the grid keeps: 'alpha' = cells whose NeuS opacity is high (inside too);
+    # 'shell' = only cells within about a cell of the surface, so rays skip the interior
+    mode: Literal["alpha", "shell"] = "alpha"
+
+
+@dataclasses.dataclass
+class SdfValues(FieldValues):
+    """NeuS's field at packed samples: besides colour, alpha and normals, the SDF sdf [S], its
+    gradient sdf_grad [S, 3] and (optionally) its Laplacian sdf_laplace [S], for the losses."""
+
+    sdf: Optional[Tensor] = None
+    sdf_grad: Optional[Tensor] = None
+    sdf_laplace: Optional[Tensor] = None
+
+
 @register("neus")
-class NeuSModel(VolumeRenderer):
+class NeuSModel(BaseModel):
     @dataclasses.dataclass
-    class Config(RendererConfig):
-        geometry: Any = component("model", {"name": "volume-sdf"})
-        texture: Any = component("model", {"name": "volume-radiance"})
+    class Config(ModelConfig):
+        geometry: Any = component("geometry", {"name": "volume-sdf"})
+        texture: Any = component("texture", {"name": "volume-radiance"})
         variance: VarianceConfig = dataclasses.field(default_factory=VarianceConfig)
+        grid: NeuSGridConfig = dataclasses.field(default_factory=NeuSGridConfig)
         cos_anneal_end: int = 20000  # steps over which the cosine annealing ratio goes 0 -> 1
         compute_laplace: bool = False  # needed by the curvature loss
-        # what the occupancy grid keeps: 'alpha' = cells whose NeuS opacity is high (inside too);
-        # 'shell' = only cells within about a cell of the surface, so rays skip the interior
-        grid_mode: Literal["alpha", "shell"] = "alpha"
 
     def __init__(self, cfg: "NeuSModel.Config") -> None:
         super().__init__(cfg)
+        if cfg.geometry.name != "volume-sdf":
+            raise ValueError(f"model.geometry: NeuS needs an SDF geometry (volume-sdf), got '{cfg.geometry.name}'")
         self.variance = VarianceNetwork(cfg.variance)
         self.cos_anneal_ratio = 1.0 if cfg.cos_anneal_end <= 0 else 0.0
 
     @property
     def inv_s(self) -> Tensor:
         return self.variance.inv_s
+
+    def train_stats(self) -> Dict[str, float]:
+        return {"inv_s": float(self.inv_s.detach()), "cos_anneal_ratio": float(self.cos_anneal_ratio)}
 
     def update_step(self, epoch: int, global_step: int) -> None:
         self.variance.update_step(epoch, global_step)
@@ -86,7 +107,7 @@ class NeuSModel(VolumeRenderer):
     def occupancy_fn(self, points: Tensor) -> Tensor:
         """points [N, 3] -> NeuS opacity of a step of render_step_size facing the surface [N]."""
         sdf = self.geometry.sdf(points)
-        if self.cfg.grid_mode == "shell" and self.grid is not None:
+        if self.cfg.grid.mode == "shell" and self.grid is not None:
             # as if approaching the surface head-on from the nearest point of the cell
             box = self.grid.aabbs[0]
             cell_diag = float(((box[3:] - box[:3]) / torch.tensor(self.grid.resolution, device=box.device)).norm())
@@ -95,75 +116,77 @@ class NeuSModel(VolumeRenderer):
         steps = torch.full_like(sdf, self.render_step_size)
         return neus_alpha_from_slope(sdf, head_on, steps, self.inv_s.clamp(1e-6, 1e6), cos_anneal_ratio=1.0)
 
-    def render(self, rays_o: Tensor, rays_d: Tensor, background: Tensor) -> Dict[str, Tensor]:
-        """Rays [R, 3], background [R, 3] -> rgb [R, 3], opacity [R, 1], depth [R, 1], normal [R, 3], ...
-
-        opacity, depth and normal are the foreground's (inside the scene box); rgb has the learned
-        background (model.background, if any) and then the background colour behind it.
-        During training also the per-sample values the losses need (sdf_grad [S, 3], weights [S], ...).
-        """
-        n_rays = rays_o.shape[0]
-        alpha_fn = self.estimated_alpha_fn(rays_o, rays_d) if self.prunes_samples() else None
-        ray_indices, t_starts, t_ends = self.march(rays_o, rays_d, alpha_fn)
-        midpoints = (t_starts + t_ends) * 0.5
-        dirs = rays_d[ray_indices]
-        positions = rays_o[ray_indices] + dirs * midpoints[:, None]
+    def field_values(self, rays_o: Tensor, rays_d: Tensor, samples: PackedSamples) -> SdfValues:
+        """SDF, normals, NeuS opacity and colour at the samples of rays [R, 3]."""
+        dirs = samples.directions(rays_d)
+        positions = samples.points(rays_o, dirs)
         geo = self.geometry(positions, with_grad=True, with_laplace=self.training and self.cfg.compute_laplace)
         normal = F.normalize(geo["grad"], dim=-1)
-        alpha = neus_alpha(geo["sdf"], geo["grad"], dirs, t_ends - t_starts, self.inv_s, self.cos_anneal_ratio)
+        alpha = neus_alpha(geo["sdf"], geo["grad"], dirs, samples.deltas, self.inv_s, self.cos_anneal_ratio)
         rgb = self.texture(geo["feature"], dirs, normal)
-        weights, _ = render_weight_from_alpha(alpha, ray_indices=ray_indices, n_rays=n_rays, backend=self.cfg.backend)
-        opacity = accumulate_along_rays(weights, None, ray_indices, n_rays)
-        out = {
-            "opacity": opacity,
-            "depth": accumulate_along_rays(weights, midpoints[:, None], ray_indices, n_rays),
-            "normal": accumulate_along_rays(weights, normal, ray_indices, n_rays),
-            "num_samples": torch.tensor(float(ray_indices.shape[0]), device=rays_o.device),
-        }
-        fg_rgb = accumulate_along_rays(weights, rgb, ray_indices, n_rays)
-        out["rgb"] = self.composite_background(out, fg_rgb, opacity, rays_o, rays_d, background)
-        if self.training:
-            out.update(
-                sdf_samples=geo["sdf"],
-                sdf_grad_samples=geo["grad"],
-                weights=weights,
-                t_starts=t_starts,
-                t_ends=t_ends,
-                ray_indices=ray_indices,
-            )
-            if "laplace" in geo:
-                out["sdf_laplace_samples"] = geo["laplace"]
-        return out
+        return SdfValues(rgb=rgb, alpha=alpha, normal=normal, sdf=geo["sdf"], sdf_grad=geo["grad"],
+                         sdf_laplace=geo.get("laplace"))
 
-    def estimated_alpha_fn(self, rays_o: Tensor, rays_d: Tensor):
-        """The opacity estimate used to prune samples: NeuS's alpha with the SDF's rate of change
-        along the ray taken from neighbouring samples instead of the gradient (SDF values only, so
-        it costs one field evaluation without gradients)."""
+    def add_training_values(self, out: RenderOutput, values: SdfValues) -> None:
+        out.sdf, out.sdf_grad, out.sdf_laplace = values.sdf, values.sdf_grad, values.sdf_laplace
 
-        @torch.no_grad()
-        def alpha_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
-            mid = (t_starts + t_ends) * 0.5
-            sdf = self.geometry.sdf(rays_o[ray_indices] + rays_d[ray_indices] * mid[:, None])
-            slope = slope_along_rays(sdf, mid, ray_indices)
-            return neus_alpha_from_slope(sdf, slope, t_ends - t_starts, self.inv_s, self.cos_anneal_ratio)
+    @torch.no_grad()
+    def estimate_alpha(self, rays_o: Tensor, rays_d: Tensor, t_starts: Tensor, t_ends: Tensor,
+                       ray_indices: Tensor) -> Tensor:
+        """NeuS's alpha [S] with the SDF's rate of change along the ray taken from neighbouring
+        samples instead of the gradient: SDF values only, one field evaluation without gradients."""
+        samples = PackedSamples(ray_indices, t_starts, t_ends, n_rays=rays_o.shape[0])
+        mid = samples.midpoints
+        sdf = self.geometry.sdf(samples.points(rays_o, samples.directions(rays_d)))
+        slope = slope_along_rays(sdf, mid, ray_indices)
+        return neus_alpha_from_slope(sdf, slope, samples.deltas, self.inv_s, self.cos_anneal_ratio)
 
-        return alpha_fn
+    # ------------------------------------------------------------------ regularizers on the field
+    def sdf_gradients_at_random_points(self, n: int) -> Tensor:
+        """SDF gradients [n, 3] at uniform random points of the scene box (for an eikonal term
+        where rays never sample)."""
+        r = float(self.cfg.radius)
+        points = (torch.rand(n, 3, device=self.aabb.device) * 2.0 - 1.0) * r
+        return self.geometry(points, with_grad=True)["grad"]
+
+    @torch.no_grad()
+    def surface_points(self, rays_o: Tensor, rays_d: Tensor, out: RenderOutput, max_points: int) -> Tensor:
+        """Expected surface points [K, 3] (K <= max_points) of the rays [R, 3] that are mostly
+        opaque in ``out``, at their weight-averaged depth, inside the scene box."""
+        opacity = out.opacity.squeeze(-1)
+        hit = torch.nonzero(opacity > 0.5).squeeze(-1)[:max_points]
+        depth = out.depth.squeeze(-1)[hit] / opacity[hit]
+        points = rays_o[hit] + rays_d[hit] * depth[:, None]
+        r = float(self.cfg.radius)
+        return points[(points.abs() <= r).all(dim=-1)]
+
+    def normals_near_surface(self, rays_o: Tensor, rays_d: Tensor, out: RenderOutput, max_points: int,
+                             std: float) -> Optional[tuple]:
+        """Unit normals ([K, 3], [K, 3]) at the rays' expected surface points and at the same points
+        moved by Gaussian offsets of ``std`` scene units (for a normal-smoothness term); None when
+        no ray of ``out`` hits the surface."""
+        points = self.surface_points(rays_o, rays_d, out, max_points)
+        if points.shape[0] == 0:
+            return None
+        nudged = points + torch.randn_like(points) * std
+        grads = self.geometry(torch.cat([points, nudged]), with_grad=True)["grad"]
+        return tuple(F.normalize(grads, dim=-1).chunk(2))
 
     # ------------------------------------------------------------------ export
     @torch.no_grad()
-    def surface_colors(self, vertices: Tensor, chunk: int = 65536) -> Tensor:
-        """Colour of surface points [V, 3] seen head-on (view direction = -normal) -> [V, 3]."""
+    def surface_colors(self, points: Tensor, chunk: int = 65536) -> Tensor:
+        """Colour of surface points [N, 3] seen head-on (view direction = -normal) -> [N, 3]."""
         colours = []
-        for i in range(0, vertices.shape[0], chunk):
-            geo = self.geometry(vertices[i:i + chunk], with_grad=True)
+        for i in range(0, points.shape[0], chunk):
+            geo = self.geometry(points[i:i + chunk], with_grad=True)
             normal = F.normalize(geo["grad"], dim=-1)
             colours.append(self.texture(geo["feature"], -normal, normal))
-        return torch.cat(colours) if colours else vertices.new_zeros(0, 3)
+        return torch.cat(colours) if colours else points.new_zeros(0, 3)
 
     def known_empty_fn(self):
         """As the base class, except that a 'shell' grid also marks the object's inside empty: then
         only the cells frozen empty (outside the masks' visual hull) count as known empty."""
-        if self.grid is not None and self.cfg.grid_mode == "shell":
+        if self.grid is not None and self.cfg.grid.mode == "shell":
             return self.grid.query_frozen_empty
         return super().known_empty_fn()
 

@@ -1,39 +1,40 @@
-"""What NeuS and NeRF systems share: the model, batches, dynamic ray sampling, validation images,
-test metrics and video, predict renders, mesh export, optimizers and schedulers."""
+"""What NeuS and NeRF systems share: the Lightning hooks of a run (training, validation, test and
+predict steps), the loss terms every method has and their weighting, and the optimizers.
+
+The jobs around them live elsewhere: the ray budget and the NaN/inf step guard are callbacks
+(systems/ray_budget.py, utils/callbacks.py), evaluation outputs are recorded by
+systems/evaluation.py, meshes come from systems/export.py, and systems/build.py puts it all together.
+"""
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-import models
+from models.base import BaseModel
+from models.outputs import RenderOutput
 from models.rendering import distortion_loss
+from systems.evaluation import SplitRecorder, image_grid, image_metrics
+from systems.export import export_mesh, score_mesh
 from systems.losses import Weight, check_weight, mask_loss, opaque_loss, weight_at, weight_nonzero
-from systems.metrics import load_lpips, psnr, ssim, summarize_image_metrics, write_image_metrics
+from systems.metrics import load_lpips, psnr, summarize_image_metrics, write_image_metrics
 from systems.optim import OptimizerConfig, SchedulerConfig, make_optimizer, make_scheduler
 from utils.experiment import ExportConfig
-from utils.saving import colorize_scalar, image_row, save_image, save_video, to_uint8
+from utils.saving import save_video
 
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or its gradients stayed NaN/inf for system.max_consecutive_bad_steps steps in a row."""
-
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunContext:
-    """What a system needs to know about the run and the data, besides its config."""
+    """What a system needs to know about the run and the data, besides its config and model."""
 
-    save_dir: Path
+    save_dir: Path  # the run's save/ folder (only rank zero writes there)
     scene_to_world: Tensor  # [4, 4] scene -> input world coordinates
     gt_mesh_path: Optional[str] = None
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
@@ -88,13 +89,11 @@ class SystemConfig:
 
 
 class BaseSystem(pl.LightningModule):
-    def __init__(self, cfg: Any, model_cfg: Any, context: RunContext) -> None:
+    def __init__(self, cfg: Any, model: BaseModel, context: RunContext) -> None:
         super().__init__()
         self.cfg = cfg
         self.context = context
-        self.model = models.make(model_cfg.name, model_cfg, path="model")
-        self.n_rays = int(cfg.train_num_rays)
-        self.datamodule_ref = None
+        self.model = model
         for name, w in self.loss_weights().items():
             check_weight(w, f"system.loss.{name}")
         try:
@@ -103,50 +102,30 @@ class BaseSystem(pl.LightningModule):
             mesh_region(cfg.eval_mesh_region)
         except ValueError as err:
             raise ValueError(f"system.eval_mesh_region: {err}") from err
-        self._val_outputs: List[Dict[str, float]] = []
-        self._test_outputs: List[Dict[str, float]] = []
-        self._test_frames: List[Tuple[int, np.ndarray]] = []  # (image index, frame) for the video
-        self._pending_images: List[Tuple[str, np.ndarray]] = []  # distributed: written by rank 0 at epoch end
-        self._gloo_group: Any = None
+        if weight_nonzero(cfg.loss.lambda_distortion_bg) and model.background is None:
+            raise ValueError("system.loss.lambda_distortion_bg > 0 needs a learned background (model.background)")
+        self.recorder = SplitRecorder()
         self.last_means: Dict[str, Dict[str, float]] = {}  # the latest logged means, by prefix ("val", "test")
-        if int(cfg.max_consecutive_bad_steps) < 1:
-            raise ValueError(f"system.max_consecutive_bad_steps must be >= 1, got {cfg.max_consecutive_bad_steps}")
-        self.skipped_steps = 0  # steps skipped for a NaN/inf loss or gradient, over the whole run
-        self.restored_step = 0  # the step of weights loaded outside Lightning (launch.py --test/--export)
-        self._bad_in_a_row = 0
-        self._loss_bad = False
+        self.trained_steps = 0  # the step of the weights a checkpoint brought (see on_load_checkpoint)
 
-    # ------------------------------------------------------------------ config helpers
-    @property
-    def initial_train_num_rays(self) -> int:
-        return int(self.cfg.train_num_rays)
-
+    # ------------------------------------------------------------------ loss weights
     def loss_weights(self) -> Dict[str, Weight]:
         return {k: v for k, v in dataclasses.asdict(self.cfg.loss).items() if k.startswith("lambda_")}
 
-    def w(self, name: str) -> float:
-        """Current value of loss weight ``lambda_<name>``."""
+    def loss_weight(self, name: str) -> float:
+        """The value of loss weight ``lambda_<name>`` at the current step."""
         return weight_at(getattr(self.cfg.loss, f"lambda_{name}"), self.global_step)
 
-    # ------------------------------------------------------------------ training
-    def setup(self, stage: str) -> None:
-        # carving happens before a checkpoint is restored, so a resumed grid wins over a fresh hull
-        if stage != "fit" or not getattr(self.model.cfg, "grid_init_from_masks", False):
-            return
-        dm = self.datamodule_ref or getattr(self.trainer, "datamodule", None)
-        train = dm.split("train")
-        if not train.has_mask:
-            log.warning("model.grid_init_from_masks is set but the training images have no masks: skipped")
-            return
-        kept = self.model.init_grid_from_masks(train.c2w, train.intrinsics, train.alpha)
-        log.info("occupancy grid started from the masks' visual hull: %.1f%% of the box kept", 100 * kept)
+    # ------------------------------------------------------------------ step-dependent state
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        self.trained_steps = int(checkpoint.get("global_step", 0))
 
     def apply_step_state(self) -> None:
         """Step-dependent model state (NeuS's cosine annealing, the progressive hash grid's levels)
         as after the last training step, so evaluating a checkpoint later renders what evaluating
         at the end of training did. Only in eval mode: then the occupancy grid is left alone."""
         if not self.model.training:
-            self.model.update_step(self.current_epoch, max(self.global_step, self.restored_step))
+            self.model.update_step(self.current_epoch, max(self.global_step, self.trained_steps))
 
     def on_validation_start(self) -> None:
         self.apply_step_state()
@@ -163,205 +142,142 @@ class BaseSystem(pl.LightningModule):
             # (stratified samples, occupancy-grid probes) differ per rank, so ranks add information
             torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
 
-    def on_train_start(self) -> None:
-        grid = getattr(self.model, "grid", None)
-        if grid is not None and self.trainer.world_size > 1:
-            grid.sync_fn = self._all_reduce_max  # every rank applies the same grid update
-
-    def on_train_end(self) -> None:
-        grid = getattr(self.model, "grid", None)
-        if grid is not None:
-            grid.sync_fn = None
-
-    @staticmethod
-    def _all_reduce_max(values: Tensor) -> Tensor:
-        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
-        return values
-
-    def _sum_over_ranks(self, *values: float) -> List[float]:
-        """Per-step scalars summed over all processes (one small all-reduce; as is on one process)."""
-        trainer = self._trainer  # None outside a Trainer (self.trainer would raise)
-        if trainer is None or trainer.world_size <= 1 or not torch.distributed.is_initialized():
-            return list(values)
-        total = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(total)
-        return total.tolist()
-
+    # ------------------------------------------------------------------ training
     def on_train_batch_start(self, batch: Dict[str, Tensor], batch_idx: int) -> None:
         self.model.update_step(self.current_epoch, self.global_step)
 
-    def training_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Dict[str, Any]:
+        """One batch of rays -> the weighted loss, plus the step's sample and ray counts (which
+        the ray budget callback reads)."""
         out = self.model(batch["rays_o"], batch["rays_d"], batch["background"])
         terms = self.losses(batch, out)
-        loss = sum(self.w(name) * value for name, value in terms.items())
+        loss = sum(self.loss_weight(name) * value for name, value in terms.items())
         for name, value in terms.items():
             self.log(f"train/loss_{name}", value.detach())
         with torch.no_grad():
-            train_psnr = psnr(out["rgb"], batch["rgb"])
-        n_samples = float(out["num_samples"])
+            train_psnr = psnr(out.rgb, batch["rgb"])
+        n_samples = float(out.num_samples)
         n_rays = batch["rays_o"].shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True)
         self.log("train/psnr", train_psnr, prog_bar=True)
         self.log("train/num_rays", float(n_rays), prog_bar=True)
         self.log("train/samples_per_ray", n_samples / max(1, n_rays))
-        self.log("train/skipped_steps", float(self.skipped_steps))
-        self.log_extra_train_stats()
-        # one collective per step in a distributed run: the global sample and ray counts and
-        # whether any rank's loss is NaN/inf (then every rank skips the step)
-        world = self._trainer.world_size if self._trainer is not None else 1
-        all_samples, all_rays, bad_ranks = self._sum_over_ranks(
-            n_samples, float(n_rays), float(not bool(torch.isfinite(loss.detach()))))
-        self._loss_bad = bad_ranks > 0
-        self.adjust_num_rays(all_rays / world, all_samples / world)
-        return loss
+        for name, value in self.model.train_stats().items():
+            self.log(f"train/{name}", value, prog_bar=name == "inv_s")
+        return {"loss": loss, "num_samples": n_samples, "num_rays": n_rays}
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Skip the update when the loss or a gradient is NaN/inf (gradients are already reduced
-        over the processes here, so every rank decides the same); stop after too many in a row."""
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            finite = True  # mixed precision: the grad scaler skips inf/NaN gradients itself (and rescales)
-        if finite and not self._loss_bad:
-            self._bad_in_a_row = 0
-            return
-        for group in optimizer.param_groups:  # the optimizer skips parameters without a gradient
-            for p in group["params"]:
-                p.grad = None
-        self.skipped_steps += 1
-        self._bad_in_a_row += 1
-        what = "loss" if self._loss_bad else "gradients"
-        log.warning("step %d skipped: the %s had NaN/inf values (%d skipped so far, %d in a row)",
-                    self.global_step, what, self.skipped_steps, self._bad_in_a_row)
-        limit = int(self.cfg.max_consecutive_bad_steps)
-        if self._bad_in_a_row >= limit:
-            raise TrainingDiverged(
-                f"training stopped at step {self.global_step}: the loss or its gradients were NaN/inf in "
-                f"{self._bad_in_a_row} steps in a row (system.max_consecutive_bad_steps={limit}); no update "
-                "was made from them, so the weights and checkpoints stay finite. Lower the learning rate, "
-                "check the data, or set gradient clipping (trainer.gradient_clip_val)"
-            )
-
-    def log_extra_train_stats(self) -> None:
-        pass
-
-    def losses(self, batch: Dict[str, Tensor], out: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    def losses(self, batch: Dict[str, Tensor], out: RenderOutput) -> Dict[str, Tensor]:
         """Loss terms (unweighted) by name; a term is computed only when its weight can be non-zero."""
         return self.common_losses(batch, out)
 
-    def common_losses(self, batch: Dict[str, Tensor], out: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    def common_losses(self, batch: Dict[str, Tensor], out: RenderOutput) -> Dict[str, Tensor]:
         """The terms every system has: photometric, mask, opaque, distortion and the fields' regularizers."""
         loss_cfg = self.cfg.loss
         terms: Dict[str, Tensor] = {}
-        diff = out["rgb"] - batch["rgb"]
+        diff = out.rgb - batch["rgb"]
         if weight_nonzero(loss_cfg.lambda_rgb_mse):
             terms["rgb_mse"] = (diff ** 2).mean()
         if weight_nonzero(loss_cfg.lambda_rgb_l1):
             terms["rgb_l1"] = diff.abs().mean()
-        opacity = out["opacity"].squeeze(-1)
+        opacity = out.opacity.squeeze(-1)
         if weight_nonzero(loss_cfg.lambda_mask):
             terms["mask"] = mask_loss(opacity, batch["alpha"])
         if weight_nonzero(loss_cfg.lambda_opaque):
             terms["opaque"] = opaque_loss(opacity)
-        if weight_nonzero(loss_cfg.lambda_distortion) and out["weights"].shape[0] > 0:
+        samples = out.samples
+        if weight_nonzero(loss_cfg.lambda_distortion) and samples is not None and len(samples) > 0:
             terms["distortion"] = distortion_loss(
-                out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], opacity.shape[0]
+                samples.weights, samples.t_starts, samples.t_ends, samples.ray_indices, samples.n_rays,
+                backend=self.model.cfg.backend,
             ).mean()
-        if weight_nonzero(loss_cfg.lambda_distortion_bg):
-            if "bg_weights" not in out:
-                raise ValueError("system.loss.lambda_distortion_bg > 0 needs a learned background (model.background)")
+        bg = out.background
+        if weight_nonzero(loss_cfg.lambda_distortion_bg) and bg is not None and bg.samples is not None:
             terms["distortion_bg"] = distortion_loss(
-                out["bg_weights"], out["bg_s_starts"], out["bg_s_ends"], out["bg_ray_indices"], opacity.shape[0]
+                bg.samples.weights, bg.s_starts, bg.s_ends, bg.samples.ray_indices, bg.samples.n_rays,
+                backend=self.model.cfg.backend,
             ).mean()
-        regs = self.model.geometry.regularizations()
+        regs = self.model.field_regularizations()
         for name in ("tv", "l1"):
             if weight_nonzero(getattr(loss_cfg, f"lambda_{name}")) and name in regs:
                 terms[name] = regs[name]
         return terms
 
-    def adjust_num_rays(self, n_rays: float, n_samples: float) -> None:
-        """Dynamic ray sampling: scale next step's ray count toward the target sample count.
+    # ------------------------------------------------------------------ evaluation
+    def render_image(self, batch: Dict[str, Any]) -> RenderOutput:
+        return self.model(batch["rays_o"], batch["rays_d"], batch["background"])
 
-        In a distributed run the arguments are the means over the processes, so every process
-        draws the same number of rays and aims at target_samples_per_step samples of its own."""
-        if not self.cfg.dynamic_ray_sampling:
-            return
-        per_ray = max(n_samples / max(n_rays, 1.0), 1.0)
-        wanted = int(self.cfg.target_samples_per_step / per_ray)
-        # move part way to damp oscillation
-        new = round(0.9 * self.n_rays + 0.1 * wanted)
-        self.n_rays = max(self.cfg.train_num_rays_min, min(self.cfg.max_train_num_rays, new))
-        dm = self.datamodule_ref
-        if dm is not None and dm.train_dataset is not None:
-            dm.train_dataset.n_rays = self.n_rays
-
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        checkpoint["train_num_rays"] = self.n_rays
-        checkpoint["skipped_steps"] = self.skipped_steps
-
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        self.n_rays = int(checkpoint.get("train_num_rays", self.n_rays))
-        self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
-        if self.datamodule_ref is not None and self.datamodule_ref.train_dataset is not None:
-            self.datamodule_ref.train_dataset.n_rays = self.n_rays
-
-    # ------------------------------------------------------------------ rendering whole images
-    def render_image(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        out = self.model(batch["rays_o"], batch["rays_d"], batch["background"])
-        return out
-
-    def _shape(self, split: str):
-        dm = self.datamodule_ref or getattr(self.trainer, "datamodule", None)
-        s = dm.split(split)
-        return s.height, s.width
-
-    def image_grid(self, batch: Dict[str, Tensor], out: Dict[str, Tensor], h: int, w: int) -> Tensor:
-        """ground truth | render | depth | normal | opacity, as one image [H, W_total, 3]."""
-        opacity = out["opacity"].reshape(h, w)
-        panels = []
-        if "rgb" in batch:
-            panels.append(batch["rgb"].reshape(h, w, 3))
-        panels.append(out["rgb"].reshape(h, w, 3))
-        panels.append(colorize_scalar(out["depth"].reshape(h, w), mask=opacity))
-        if "normal" in out:
-            normal = F.normalize(out["normal"].reshape(h, w, 3), dim=-1)
-            panels.append(((normal + 1.0) * 0.5) * opacity[..., None] + (1.0 - opacity[..., None]))
-        panels.append(opacity[..., None].expand(h, w, 3))
-        return image_row(panels)
-
-    def _metrics(self, batch: Dict[str, Tensor], out: Dict[str, Tensor], h: int, w: int) -> Dict[str, float]:
-        if "rgb" not in batch:
-            return {}
-        pred = out["rgb"].reshape(h, w, 3).clamp(0, 1)
-        gt = batch["rgb"].reshape(h, w, 3)
-        return {"psnr": float(psnr(pred, gt)), "ssim": float(ssim(pred, gt))}
-
-    # ------------------------------------------------------------------ validation
-    def validation_step(self, batch: Dict[str, Tensor], batch_idx: int) -> None:
-        h, w = self._shape("val")
+    def _evaluate_image(self, batch: Dict[str, Any], grid_path: str, with_lpips: bool = False):
+        """Render one whole image, save its grid (at ``grid_path`` under save/) -> (index, grid, metrics)."""
+        h, w, index = int(batch["height"]), int(batch["width"]), int(batch["index"])
         out = self.render_image(batch)
-        grid = self.image_grid(batch, out, h, w)
-        index = int(batch["index"])
-        self._save_eval_image(self.context.save_dir / f"val/step{self.global_step:07d}/{index:03d}.png", grid)
+        grid = image_grid(batch, out, h, w)
+        self.recorder.add_image(self.context.save_dir, grid_path.format(index=index), grid)
+        metrics = image_metrics(batch, out, h, w, with_lpips=with_lpips)
+        self.recorder.add_row(index, metrics)
+        return index, grid, out
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        index, grid, _ = self._evaluate_image(batch, f"val/step{self.global_step:07d}/{{index:03d}}.png")
         if batch_idx < self.cfg.log_val_images and self.logger is not None and hasattr(self.logger, "experiment"):
             self.logger.experiment.add_image(f"val/{index:03d}", grid.permute(2, 0, 1).clamp(0, 1), self.global_step)
-        metrics = self._metrics(batch, out, h, w)
-        if metrics:
-            self._val_outputs.append({"index": index, **metrics})
 
     def on_validation_epoch_end(self) -> None:
-        self._write_pending()
-        self._log_mean(self._val_outputs, "val")
-        rows = self._gather_rows(self._val_outputs)
+        self.recorder.write_images(self.context.save_dir)
+        rows = self.recorder.gathered_rows()
+        self.log_means(rows, "val")
         if rows and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             write_image_metrics(self.context.save_dir / f"val/step{self.global_step:07d}/metrics",
                                 summarize_image_metrics(rows))
-        self._val_outputs = []
+        self.recorder.reset()
 
-    def _log_mean(self, outputs: List[Dict[str, float]], prefix: str) -> Dict[str, float]:
-        """Mean of per-image metrics over all images of all processes (each image once), logged
-        as ``<prefix>/<metric>``; every process computes the same values."""
-        rows = self._gather_rows(outputs)
+    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        index, grid, _ = self._evaluate_image(batch, "test/{index:03d}.png", with_lpips=self.cfg.eval_lpips)
+        self.recorder.add_frame(index, grid)
+
+    def on_test_epoch_end(self) -> None:
+        """Per-image and mean image metrics (when the split has ground truth), the video, the mesh
+        and its geometry metrics (when the scene has a ground-truth surface), written to
+        save/test_metrics_stepN.json and .csv (per image + mean)."""
+        self.recorder.write_images(self.context.save_dir)
+        frames = self.recorder.gathered_frames()
+        rows = self.recorder.gathered_rows()
+        extra: Dict[str, Any] = {}
+        if rows:
+            self.log_means(rows, "test")
+            if self.cfg.eval_lpips:
+                _, reason = load_lpips()
+                if reason is not None:
+                    extra["lpips"] = f"skipped: {reason}"  # (load_lpips says so once in the log)
+        else:
+            extra["image_metrics"] = "skipped: the test split has no ground truth"
+            log.info("the test split has no ground truth: image metrics skipped")
+        if self.trainer.is_global_zero:
+            self._write_video(frames, "test")
+            if self.cfg.export_mesh_at_test:
+                geometry = self._export_and_score(f"step{self.global_step:07d}")
+                if geometry:
+                    extra["geometry"] = geometry
+            json_path, csv_path = write_image_metrics(
+                self.context.save_dir / f"test_metrics_step{self.global_step:07d}", summarize_image_metrics(rows), extra)
+            log.info("test metrics: %s%s", json_path, f" and {csv_path.name}" if csv_path else "")
+        self.recorder.reset()
+
+    def predict_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        h, w, index = int(batch["height"]), int(batch["width"]), int(batch["index"])
+        rgb = self.render_image(batch).rgb.reshape(h, w, 3)
+        self.recorder.add_image(self.context.save_dir, f"predict/{index:03d}.png", rgb)
+        self.recorder.add_frame(index, rgb)
+
+    def on_predict_epoch_end(self) -> None:
+        self.recorder.write_images(self.context.save_dir)
+        frames = self.recorder.gathered_frames()
+        if self.trainer.is_global_zero:
+            self._write_video(frames, "predict")
+        self.recorder.reset()
+
+    def log_means(self, rows: List[Dict[str, float]], prefix: str) -> Dict[str, float]:
+        """Mean of per-image metric rows (each image once, gathered from every process), logged
+        as ``<prefix>/<metric>``; every process logs the same values."""
         keys = sorted({k for o in rows for k in o if k != "index"})
         means: Dict[str, float] = {}
         for key in keys:
@@ -373,118 +289,7 @@ class BaseSystem(pl.LightningModule):
         self.last_means[prefix] = means
         return means
 
-    # ------------------------------------------------------------------ distributed evaluation
-    # Lightning's DistributedSampler gives each process a share of the images, repeating the first
-    # ones so all shares have the same length. Rows and frames are gathered and de-duplicated by
-    # image index; images, video, metrics files and the mesh are written once, by rank zero.
-    def _distributed(self) -> bool:
-        trainer = self._trainer  # None outside a Trainer (self.trainer would raise)
-        return trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized()
-
-    def _object_group(self):
-        """The process group for gathering Python objects: a CPU (gloo) group beside NCCL, so
-        images do not pass through GPU memory."""
-        if torch.distributed.get_backend() == "gloo":
-            return None
-        if self._gloo_group is None:
-            self._gloo_group = torch.distributed.new_group(backend="gloo")
-        return self._gloo_group
-
-    def _gather_to_zero(self, obj: Any) -> List[Any]:
-        """obj of every process, on rank zero (in rank order); [] elsewhere; [obj] on one process."""
-        if not self._distributed():
-            return [obj]
-        zero = self.trainer.is_global_zero
-        out: Optional[List[Any]] = [None] * self.trainer.world_size if zero else None
-        torch.distributed.gather_object(obj, out, dst=0, group=self._object_group())
-        return out if zero else []
-
-    def _save_eval_image(self, path: Path, img: Tensor) -> None:
-        if self._distributed():
-            self._pending_images.append((str(path), to_uint8(img)))
-        else:
-            save_image(path, img)
-
-    def _write_pending(self) -> None:
-        """Distributed: rank zero writes the images all processes rendered this epoch, each once."""
-        if not self._distributed():
-            return
-        parts = self._gather_to_zero(self._pending_images)
-        self._pending_images = []
-        written = set()
-        for path, img in (item for part in parts for item in part):
-            if path not in written:
-                written.add(path)
-                save_image(path, img)
-
-    def _gather_frames(self, frames: List[Tuple[int, np.ndarray]]) -> List[np.ndarray]:
-        """Video frames of all processes in image order, each once (on rank zero; [] elsewhere)."""
-        by_index: Dict[int, np.ndarray] = {}
-        for part in self._gather_to_zero(frames):
-            for index, frame in part:
-                by_index.setdefault(index, frame)
-        return [by_index[i] for i in sorted(by_index)]
-
-    # ------------------------------------------------------------------ test
-    def test_step(self, batch: Dict[str, Tensor], batch_idx: int) -> None:
-        h, w = self._shape("test")
-        out = self.render_image(batch)
-        index = int(batch["index"])
-        grid = self.image_grid(batch, out, h, w)
-        self._save_eval_image(self.context.save_dir / f"test/{index:03d}.png", grid)
-        self._test_frames.append((index, to_uint8(grid)))
-        metrics = self._metrics(batch, out, h, w)
-        if metrics:
-            if self.cfg.eval_lpips:
-                lpips_fn, _ = load_lpips()
-                if lpips_fn is not None:
-                    pred = out["rgb"].reshape(h, w, 3).clamp(0, 1)
-                    metrics["lpips"] = float(lpips_fn(pred, batch["rgb"].reshape(h, w, 3)))
-            self._test_outputs.append({"index": index, **metrics})
-
-    def _gather_rows(self, rows: List[Dict[str, float]]) -> List[Dict[str, float]]:
-        """Per-image metric rows of all processes (each renders its own share of the images), each
-        image once (the sampler repeats some to even out the shares), in image order."""
-        if not self._distributed():
-            return list(rows)
-        gathered: List[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, list(rows), group=self._object_group())
-        by_index: Dict[Any, Dict[str, float]] = {}
-        for row in (row for part in gathered for row in part):
-            by_index.setdefault(row.get("index"), row)
-        return [by_index[k] for k in sorted(by_index, key=lambda k: (k is None, k if k is not None else 0))]
-
-    def on_test_epoch_end(self) -> None:
-        """Per-image and mean image metrics (when the split has ground truth), the video, the mesh
-        and its geometry metrics (when the scene has a ground-truth surface), written to
-        save/test_metrics_stepN.json and .csv (per image + mean)."""
-        self._write_pending()
-        frames = self._gather_frames(self._test_frames)
-        rows = self._gather_rows(self._test_outputs)
-        extra: Dict[str, Any] = {}
-        if rows:
-            self._log_mean(self._test_outputs, "test")
-            if self.cfg.eval_lpips:
-                _, reason = load_lpips()
-                if reason is not None:
-                    extra["lpips"] = f"skipped: {reason}"  # (load_lpips says so once in the log)
-        else:
-            extra["image_metrics"] = "skipped: the test split has no ground truth"
-            log.info("the test split has no ground truth: image metrics skipped")
-        if self.trainer.is_global_zero:
-            self._write_video(frames, "test")
-            if self.cfg.export_mesh_at_test:
-                mesh_paths = self.export_mesh(tag=f"step{self.global_step:07d}")
-                geometry = self.evaluate_geometry(mesh_paths)
-                if geometry:
-                    extra["geometry"] = geometry
-            json_path, csv_path = write_image_metrics(
-                self.context.save_dir / f"test_metrics_step{self.global_step:07d}", summarize_image_metrics(rows), extra)
-            log.info("test metrics: %s%s", json_path, f" and {csv_path.name}" if csv_path else "")
-        self._test_outputs = []
-        self._test_frames = []
-
-    def _write_video(self, frames: List[np.ndarray], name: str) -> None:
+    def _write_video(self, frames: list, name: str) -> None:
         if not frames or not self.cfg.save_video:
             return
         path = save_video(self.context.save_dir / f"{name}_step{self.global_step:07d}.mp4", frames, self.cfg.video_fps)
@@ -492,72 +297,19 @@ class BaseSystem(pl.LightningModule):
         if self.cfg.save_gif:
             save_video(path.with_suffix(".gif"), frames, self.cfg.video_fps)
 
-    # ------------------------------------------------------------------ predict
-    def predict_step(self, batch: Dict[str, Tensor], batch_idx: int) -> None:
-        h, w = self._shape("predict")
-        out = self.render_image(batch)
-        index = int(batch["index"])
-        rgb = out["rgb"].reshape(h, w, 3)
-        self._save_eval_image(self.context.save_dir / f"predict/{index:03d}.png", rgb)
-        self._test_frames.append((index, to_uint8(rgb)))
-
-    def on_predict_epoch_end(self) -> None:
-        self._write_pending()
-        frames = self._gather_frames(self._test_frames)
-        if self.trainer.is_global_zero:
-            self._write_video(frames, "predict")
-        self._test_frames = []
-
-    # ------------------------------------------------------------------ export
-    @torch.no_grad()
-    def export_mesh(self, tag: str) -> List[Path]:
-        """Marching cubes of the model's surface, coloured, in world coordinates -> saved paths."""
-        from models.isosurface import extract_isosurface
-        from utils.mesh_io import save_mesh
-
-        cfg = self.context.export
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            r = float(self.model.cfg.radius)
-            field, level = self.model.isosurface_field(cfg.threshold)
-            skip = self.model.known_empty_fn() if cfg.use_occupancy_grid else None
-            bounds = (torch.full((3,), -r, device=self.device), torch.full((3,), r, device=self.device))
-            mesh = extract_isosurface(
-                field, bounds, cfg.resolution, threshold=level, chunk_size=cfg.chunk_size,
-                coarse_to_fine=cfg.coarse_to_fine, skip_fn=skip, device=self.device, backend=cfg.backend, progress=True,
-            )
-            if cfg.vertex_colors:
-                mesh.vertex_colors = self.model.surface_colors(mesh.vertices.to(self.device)).cpu()
-            if cfg.world_coordinates:
-                mesh = mesh.transformed(self.context.scene_to_world)
-        finally:
-            self.model.train(was_training)
-        paths = []
-        for fmt in cfg.formats:
-            path = self.context.save_dir / f"mesh_{tag}.{fmt}"
-            save_mesh(path, mesh)
-            paths.append(path)
-            log.info("mesh: %s (%d vertices, %d faces)", path, mesh.vertices.shape[0], mesh.faces.shape[0])
-        return paths
-
-    def evaluate_geometry(self, mesh_paths: List[Path]) -> Optional[Dict[str, float]]:
-        """Accuracy / completeness / Chamfer / F-score of the exported mesh against the ground truth."""
-        if not self.context.gt_mesh_path or not mesh_paths or not self.context.export.world_coordinates:
+    def _export_and_score(self, tag: str) -> Optional[Dict[str, Any]]:
+        """Export the mesh; score it against the scene's ground-truth surface when there is one."""
+        ctx = self.context
+        paths = export_mesh(self.model, ctx.export, ctx.scene_to_world, ctx.save_dir, tag)
+        if not ctx.gt_mesh_path or not paths or not ctx.export.world_coordinates:
             return None
-        from utils.geometry_metrics import evaluate_mesh, mesh_region
-
-        region = mesh_region(self.cfg.eval_mesh_region)
-        metrics = evaluate_mesh(
-            str(mesh_paths[0]), self.context.gt_mesh_path,
-            n_points=self.cfg.eval_mesh_points, threshold=self.cfg.eval_mesh_threshold, region=region,
-        )
-        for key, value in metrics.items():
-            if self.logger is not None and hasattr(self.logger, "experiment"):
-                self.logger.experiment.add_scalar(f"test/mesh_{key}", value, self.global_step)
-        log.info("mesh vs ground truth: %s", ", ".join(f"{k}={v:.5f}" for k, v in metrics.items()))
-        return dict(metrics, threshold=float(self.cfg.eval_mesh_threshold),
-                    region=None if region is None else region.to_dict())
+        scores = score_mesh(paths[0], ctx.gt_mesh_path, self.cfg.eval_mesh_points, self.cfg.eval_mesh_threshold,
+                            self.cfg.eval_mesh_region)
+        if self.logger is not None and hasattr(self.logger, "experiment"):
+            for key, value in scores.items():
+                if isinstance(value, float) and key != "threshold":
+                    self.logger.experiment.add_scalar(f"test/mesh_{key}", value, self.global_step)
+        return scores
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):

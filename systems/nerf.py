@@ -6,7 +6,7 @@ import dataclasses
 
 from systems import register
 from systems.base import BaseSystem, CommonLossConfig, SystemConfig
-from systems.losses import Weight, weight_nonzero
+from systems.losses import Weight
 
 
 @dataclasses.dataclass
@@ -19,8 +19,3 @@ class NeRFSystem(BaseSystem):
     @dataclasses.dataclass
     class Config(SystemConfig):
         loss: NeRFLossConfig = dataclasses.field(default_factory=NeRFLossConfig)
-
-    def __init__(self, cfg, model_cfg, context) -> None:
-        super().__init__(cfg, model_cfg, context)
-        if weight_nonzero(cfg.loss.lambda_distortion_bg) and self.model.background is None:
-            raise ValueError("system.loss.lambda_distortion_bg > 0 needs a learned background (model.background)")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict
 
-import torch
 from torch import Tensor
 
+from models.outputs import RenderOutput
 from systems import register
 from systems.base import BaseSystem, CommonLossConfig, SystemConfig
 from systems.losses import (
@@ -24,7 +24,7 @@ class NeuSLossConfig(CommonLossConfig):
     lambda_rgb_l1: Weight = 1.0
     lambda_eikonal: Weight = 0.1
     # eikonal loss also on uniform random points in the scene box: keeps the SDF distance-like
-    # where rays never sample (e.g. inside objects, with model.grid_mode: shell)
+    # where rays never sample (e.g. inside objects, with model.grid.mode: shell)
     lambda_eikonal_random: Weight = 0.0
     eikonal_random_points: int = 4096
     lambda_sparsity: Weight = 0.0
@@ -43,52 +43,28 @@ class NeuSSystem(BaseSystem):
     class Config(SystemConfig):
         loss: NeuSLossConfig = dataclasses.field(default_factory=NeuSLossConfig)
 
-    def __init__(self, cfg, model_cfg, context) -> None:
-        super().__init__(cfg, model_cfg, context)
-        if weight_nonzero(cfg.loss.lambda_curvature) and not self.model.cfg.compute_laplace:
+    def __init__(self, cfg, model, context) -> None:
+        super().__init__(cfg, model, context)
+        if not hasattr(model, "variance"):
+            raise ValueError(f"system: neus-system needs a NeuS model, got model.name '{model.cfg.name}'")
+        if weight_nonzero(cfg.loss.lambda_curvature) and not model.cfg.compute_laplace:
             raise ValueError("system.loss.lambda_curvature > 0 needs model.compute_laplace: true")
-        if weight_nonzero(cfg.loss.lambda_distortion_bg) and self.model.background is None:
-            raise ValueError("system.loss.lambda_distortion_bg > 0 needs a learned background (model.background)")
 
-    def losses(self, batch: Dict[str, Tensor], out: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    def losses(self, batch: Dict[str, Tensor], out: RenderOutput) -> Dict[str, Tensor]:
         terms = self.common_losses(batch, out)
         loss_cfg = self.cfg.loss
-        has_samples = out["sdf_grad_samples"].shape[0] > 0
+        has_samples = out.sdf_grad.shape[0] > 0
         if weight_nonzero(loss_cfg.lambda_eikonal) and has_samples:
-            terms["eikonal"] = eikonal_loss(out["sdf_grad_samples"])
+            terms["eikonal"] = eikonal_loss(out.sdf_grad)
         if weight_nonzero(loss_cfg.lambda_eikonal_random):
-            terms["eikonal_random"] = eikonal_loss(self.random_box_gradients(loss_cfg.eikonal_random_points))
+            terms["eikonal_random"] = eikonal_loss(self.model.sdf_gradients_at_random_points(loss_cfg.eikonal_random_points))
         if weight_nonzero(loss_cfg.lambda_sparsity) and has_samples:
-            terms["sparsity"] = sparsity_loss(out["sdf_samples"], loss_cfg.sparsity_scale)
-        if weight_nonzero(loss_cfg.lambda_curvature) and "sdf_laplace_samples" in out and has_samples:
-            terms["curvature"] = curvature_loss(out["sdf_laplace_samples"])
+            terms["sparsity"] = sparsity_loss(out.sdf, loss_cfg.sparsity_scale)
+        if weight_nonzero(loss_cfg.lambda_curvature) and out.sdf_laplace is not None and has_samples:
+            terms["curvature"] = curvature_loss(out.sdf_laplace)
         if weight_nonzero(loss_cfg.lambda_normal_smoothness):
-            points = self.surface_points(batch, out, loss_cfg.normal_smoothness_rays)
-            if points.shape[0] > 0:
-                nudged = points + torch.randn_like(points) * loss_cfg.normal_smoothness_std
-                grads = self.model.geometry(torch.cat([points, nudged]), with_grad=True)["grad"]
-                normals = torch.nn.functional.normalize(grads, dim=-1)
-                terms["normal_smoothness"] = normal_smoothness_loss(*normals.chunk(2))
+            normals = self.model.normals_near_surface(batch["rays_o"], batch["rays_d"], out,
+                                                      loss_cfg.normal_smoothness_rays, loss_cfg.normal_smoothness_std)
+            if normals is not None:
+                terms["normal_smoothness"] = normal_smoothness_loss(*normals)
         return terms
-
-    @torch.no_grad()
-    def surface_points(self, batch: Dict[str, Tensor], out: Dict[str, Tensor], max_points: int) -> Tensor:
-        """Expected surface points [K, 3] (K <= max_points) of the rays that are mostly opaque,
-        at their weight-averaged depth, inside the scene box."""
-        opacity = out["opacity"].squeeze(-1)
-        hit = torch.nonzero(opacity > 0.5).squeeze(-1)[:max_points]
-        depth = out["depth"].squeeze(-1)[hit] / opacity[hit]
-        points = batch["rays_o"][hit] + batch["rays_d"][hit] * depth[:, None]
-        r = float(self.model.cfg.radius)
-        return points[(points.abs() <= r).all(dim=-1)]
-
-    def random_box_gradients(self, n: int) -> Tensor:
-        """SDF gradients [n, 3] at uniform random points of the scene box."""
-        r = float(self.model.cfg.radius)
-        points = (torch.rand(n, 3, device=self.device) * 2.0 - 1.0) * r
-        return self.model.geometry(points, with_grad=True)["grad"]
-
-    def log_extra_train_stats(self) -> None:
-        self.log("train/inv_s", float(self.model.inv_s.detach()), prog_bar=True)
-        self.log("train/cos_anneal_ratio", float(self.model.cos_anneal_ratio))
-

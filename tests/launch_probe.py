@@ -34,10 +34,8 @@ def training_step(self, batch, batch_idx):
     if DUMP:
         rec = self.__dict__.setdefault("_probe", {"n_rays": []})
         rec.setdefault("first_rays_o", batch["rays_o"].detach().clone())
-    loss = _training_step(self, batch, batch_idx)
-    if DUMP:
-        self._probe["n_rays"].append(self.n_rays)
-    return loss
+        rec["n_rays"].append(int(batch["rays_o"].shape[0]))  # as the ray budget set it
+    return _training_step(self, batch, batch_idx)
 
 
 def on_train_end(self):

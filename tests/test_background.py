@@ -15,40 +15,33 @@ from systems.base import RunContext
 from systems.optim import OptimizerConfig, make_optimizer
 from tests.conftest import TINY_SCENE
 from tests.test_launch import TINY_RUN, synthetic_overrides
-from utils.config import load_config, parse_component
+from utils.config import load_config
 
 TINY_HASH = {"name": "hashgrid", "n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 8}
 BACKGROUND = {"name": "nerf-background", "n_samples": 8, "far_plane": 200.0,
               "geometry": {"feature_dim": 4, "xyz_encoding": TINY_HASH,
                            "mlp_network": {"name": "mlp", "n_neurons": 16, "n_hidden_layers": 1}},
-              "texture": {"input_feature_dim": 4, "dir_encoding": {"name": "spherical-harmonics", "degree": 2},
+              "texture": {"dir_encoding": {"name": "spherical-harmonics", "degree": 2},
                           "mlp_network": {"name": "mlp", "n_neurons": 16, "n_hidden_layers": 1,
                                           "output_activation": "sigmoid"}}}
-NERF = {"name": "nerf", "radius": 1.0, "num_samples_per_ray": 16, "grid_prune": False,
-        "geometry": {"name": "volume-density", "radius": 1.0, "feature_dim": 4, "xyz_encoding": TINY_HASH},
-        "texture": {"name": "volume-radiance", "input_feature_dim": 4}}
-NEUS = {"name": "neus", "radius": 1.0, "num_samples_per_ray": 32, "grid_prune": False,
-        "geometry": {"name": "volume-sdf", "radius": 1.0, "feature_dim": 4,
-                     "xyz_encoding": {"name": "with-xyz", "inner": TINY_HASH}},
-        "texture": {"name": "volume-radiance", "input_feature_dim": 4}}
+NERF = {"name": "nerf", "radius": 1.0, "num_samples_per_ray": 16, "grid": {"enabled": False},
+        "geometry": {"name": "volume-density", "feature_dim": 4, "xyz_encoding": TINY_HASH},
+        "texture": {"name": "volume-radiance"}}
+NEUS = {"name": "neus", "radius": 1.0, "num_samples_per_ray": 32, "grid": {"enabled": False},
+        "geometry": {"name": "volume-sdf", "feature_dim": 4, "xyz_encoding": {"name": "with-xyz", "inner": TINY_HASH}},
+        "texture": {"name": "volume-radiance"}}
 
 
 def make_model(raw, background=True, **extra):
     raw = {**raw, **extra}
     if background:
         raw["background"] = BACKGROUND
-    cls = models.models.get(raw["name"])
-    cfg = parse_component(cls.Config, raw, "model")
-    cfg.name = raw["name"]
-    return models.make(cfg.name, cfg)
+    return models.make(raw["name"], raw)
 
 
 def make_system(model_raw, system_name, **system_cfg):
-    cls = models.models.get(model_raw["name"])
-    model_cfg = parse_component(cls.Config, model_raw, "model")
-    model_cfg.name = model_raw["name"]
     ctx = RunContext(save_dir=Path("unused"), scene_to_world=torch.eye(4))
-    return systems.make(system_name, system_cfg, model_cfg, ctx)
+    return systems.make(system_name, system_cfg, models.make(model_raw["name"], model_raw), ctx)
 
 
 def constant_field(module, density, colour):
@@ -79,10 +72,12 @@ def test_background_is_off_in_the_presets_and_adds_nothing():
     assert [k for k in with_bg.state_dict() if k.startswith("background.")]
 
 
-def test_mismatched_background_feature_dims_are_refused():
-    raw = {**BACKGROUND, "texture": {**BACKGROUND["texture"], "input_feature_dim": 5}}
-    with pytest.raises(ValueError, match="input_feature_dim"):
-        make_model({**NERF, "background": raw}, background=False)
+def test_textures_take_their_geometry_features():
+    """The texture's input size is derived from its geometry's feature_dim, not configured twice."""
+    model = make_model({**NERF, "geometry": {**NERF["geometry"], "feature_dim": 6}})
+    sh_degree_4, sh_degree_2 = 16, 4
+    assert model.texture.network.layers[0].in_features == 6 + sh_degree_4
+    assert model.background.texture.network.layers[0].in_features == BACKGROUND["geometry"]["feature_dim"] + sh_degree_2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,17 +101,17 @@ def test_compositing_matches_a_hand_computation(with_background):
         # the steps of a lattice starting at the box entry whose midpoints fall inside the box
         length = math.ceil(chord / step - 0.5 - 1e-6) * step
         op_f = 1.0 - math.exp(-sigma_f * length)
-        assert float(out["opacity"][i]) == pytest.approx(op_f, rel=1e-5)
+        assert float(out.opacity[i]) == pytest.approx(op_f, rel=1e-5)
         fg = torch.tensor(c_f) * op_f
         if with_background:
             op_b = 1.0 - math.exp(-sigma_b * (200.0 - (3.0 + chord / 2)))  # from the box exit to the far plane
-            assert float(out["bg_opacity"][i]) == pytest.approx(op_b, rel=1e-4)
-            assert torch.allclose(out["bg_rgb"][i], torch.tensor(c_b) * op_b, rtol=1e-4)
+            assert float(out.background.opacity[i]) == pytest.approx(op_b, rel=1e-4)
+            assert torch.allclose(out.background.rgb[i], torch.tensor(c_b) * op_b, rtol=1e-4)
             behind = torch.tensor(c_b) * op_b + (1.0 - op_b) * bg_colour[i]
         else:
             behind = bg_colour[i]
         expected = fg + (1.0 - op_f) * behind
-        assert torch.allclose(out["rgb"][i], expected, atol=1e-5), (i, out["rgb"][i], expected)
+        assert torch.allclose(out.rgb[i], expected, atol=1e-5), (i, out.rgb[i], expected)
 
 
 def test_neus_composites_its_foreground_over_the_background():
@@ -134,17 +129,16 @@ def test_neus_composites_its_foreground_over_the_background():
     with torch.no_grad():
         ref = plain(rays_o, rays_d, colour)
         out = model(rays_o, rays_d, colour)
-    op = ref["opacity"]
+    op = ref.opacity
     assert op.min() > 0.05 and op.max() < 0.999  # both layers matter
-    fg = ref["rgb"] - (1.0 - op) * colour
+    fg = ref.rgb - (1.0 - op) * colour
     _, t_exit, _ = ray_aabb_intersect(rays_o, rays_d, [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
     op_b = 1.0 - torch.exp(-0.01 * (200.0 - t_exit))[:, None]
     expected = fg + (1.0 - op) * (torch.tensor([0.3, 0.6, 0.9]) * op_b + (1.0 - op_b) * colour)
-    assert torch.allclose(out["rgb"], expected, atol=1e-5)
+    assert torch.allclose(out.rgb, expected, atol=1e-5)
     for key in ("opacity", "depth", "normal"):  # the foreground's outputs are unchanged
-        assert torch.allclose(out[key], ref[key], atol=1e-6), key
-    assert {"rgb", "opacity", "depth", "normal"} <= set(out)
-    assert out["rgb"].shape == (6, 3) and out["normal"].shape == (6, 3) and out["depth"].shape == (6, 1)
+        assert torch.allclose(getattr(out, key), getattr(ref, key), atol=1e-6), key
+    assert out.rgb.shape == (6, 3) and out.normal.shape == (6, 3) and out.depth.shape == (6, 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,13 +146,13 @@ def test_neus_composites_its_foreground_over_the_background():
 # ------------------------------------------------------------------------------------------------
 def test_background_samples_reach_far_beyond_the_box():
     model = make_model(NERF, background=False)
-    bg = models.make("nerf-background", {**BACKGROUND, "far_plane": 1.0e4, "n_samples": 16}).train()
+    bg = models.backgrounds.make("nerf-background", {**BACKGROUND, "far_plane": 1.0e4, "n_samples": 16}).train()
     g = torch.Generator().manual_seed(5)
     rays_o = (torch.rand(64, 3, generator=g) - 0.5) * 1.5  # inside the box
     rays_d = F.normalize(torch.randn(64, 3, generator=g), dim=-1)
     out = bg(rays_o, rays_d, model.aabb)
-    t0 = out["t_starts"].view(64, 16)
-    t1 = out["t_ends"].view(64, 16)
+    t0 = out.samples.t_starts.view(64, 16)
+    t1 = out.samples.t_ends.view(64, 16)
     _, t_exit, _ = ray_aabb_intersect(rays_o, rays_d, model.aabb)
     assert torch.allclose(t0[:, 0], t_exit, atol=1e-5)  # starts where the foreground ends
     assert torch.allclose(t1[:, -1], torch.full((64,), 1.0e4))  # t >> the box (|x| <= sqrt 3)
@@ -166,11 +160,11 @@ def test_background_samples_reach_far_beyond_the_box():
     assert ((t0[:, -1] + t1[:, -1]) / 2 > 1.0e3).all()  # the last sample itself is far out
     assert (t1[:, -2] > 4.0 * t0[:, 0]).all()  # uniform in disparity: the edges grow fast
     mid = (t0 + t1).reshape(-1, 1) / 2
-    u = contract(rays_o[out["ray_indices"]] + rays_d[out["ray_indices"]] * mid, model.aabb, "un_bounded_sphere")
+    u = contract(rays_o[out.samples.ray_indices] + rays_d[out.samples.ray_indices] * mid, model.aabb, "un_bounded_sphere")
     radius = (u - 0.5).norm(dim=-1).view(64, 16)
     assert (radius >= 0.25 - 1e-6).all() and (radius < 0.5).all()  # the shell beyond the box's ball
     assert (radius[:, -1] > 0.49).all()  # the farthest samples reach the edge of contracted space
-    s0, s1 = out["s_starts"].view(64, 16), out["s_ends"].view(64, 16)
+    s0, s1 = out.s_starts.view(64, 16), out.s_ends.view(64, 16)
     assert torch.allclose(s0[:, 0], torch.zeros(64)) and torch.allclose(s1[:, -1], torch.ones(64))
     assert torch.allclose(s0[:, 1:], s1[:, :-1]) and (s1 >= s0).all()
 
@@ -202,15 +196,15 @@ def test_distortion_losses_and_gradients_reach_the_background():
     assert {"rgb_l1", "eikonal", "distortion", "distortion_bg"} <= set(terms)
     # background distortion against a brute-force O(n^2) sum over each ray, in normalized disparity
     n = BACKGROUND["n_samples"]
-    w = out["bg_weights"].detach().view(-1, n)
-    t0, t1 = out["bg_t_starts"].view(-1, n), out["bg_t_ends"].view(-1, n)
+    w = out.background.samples.weights.detach().view(-1, n)
+    t0, t1 = out.background.samples.t_starts.view(-1, n), out.background.samples.t_ends.view(-1, n)
     inv0 = 1.0 / t0[:, :1]
     s0 = (inv0 - 1.0 / t0) / (inv0 - 1.0 / 200.0)
     s1 = (inv0 - 1.0 / t1) / (inv0 - 1.0 / 200.0)
     expected = sum(brute_distortion(w[r], s0[r], s1[r]) for r in range(w.shape[0])) / w.shape[0]
     assert float(terms["distortion_bg"].detach()) == pytest.approx(expected, rel=1e-4)
     assert expected > 0
-    sum(system.w(k) * v for k, v in terms.items()).backward()
+    sum(system.loss_weight(k) * v for k, v in terms.items()).backward()
     for name, p in model.background.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -261,7 +255,7 @@ def test_unbounded_nerf_lowers_the_loss_on_the_tiny_scene(tiny_scene_dir):
         batch = rays.sample(g)
         out = model(batch["rays_o"], batch["rays_d"], batch["background"])
         terms = system.losses(batch, out)
-        loss = sum(system.w(k) * v for k, v in terms.items())
+        loss = sum(system.loss_weight(k) * v for k, v in terms.items())
         opt.zero_grad()
         loss.backward()
         opt.step()

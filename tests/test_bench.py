@@ -95,7 +95,7 @@ def test_sso_compare_tiny(tmp_path, tiny_scene_dir, capsys):
 
     overrides = [f"dataset.root_dir={tiny_scene_dir}"] + [f"dataset.{k}={v}" for k, v in TINY_SCENE.items()] + [
         "trainer.enable_progress_bar=false", "export.resolution=32", "system.eval_mesh_points=2000",
-        "system.train_num_rays=128", "model.grid_resolution=16", "system.save_video=false",
+        "system.train_num_rays=128", "model.grid.resolution=16", "system.save_video=false",
         "checkpoint.every_n_train_steps=2", "trainer.val_check_interval=2"]
     out = tmp_path / "out"
     # a time budget that runs out after the first step, under a step cap of 3

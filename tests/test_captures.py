@@ -329,8 +329,8 @@ def test_normalization_round_trip_and_bounds():
     centre, cond = lookat_center(c2w_w)
     assert cond > 1e-3 and np.allclose(centre, fx.A_TO_WORLD[:3, 3], atol=1e-6)
     for up in ("cameras", "points"):
-        cfg = NormalizationConfig(center="lookat", up=up, scale="cameras", radius=0.8, camera_distance=2.5)
-        m = normalization_transform(c2w_w, pts_w, cfg, "test")
+        cfg = NormalizationConfig(center="lookat", up=up, scale="cameras", camera_distance=2.5)
+        m = normalization_transform(c2w_w, pts_w, cfg, "test", radius=0.8)
         # apply then invert: identity
         assert np.allclose(invert_similarity(m) @ m, np.eye(4), atol=1e-9)
         back = transform_poses(invert_similarity(m), transform_poses(m, c2w_w))
@@ -340,8 +340,8 @@ def test_normalization_round_trip_and_bounds():
         # A's up (+z) becomes the scene's +z (the cameras' ups average to it; the ground plane's normal is it)
         up_scene = m[:3, :3] @ fx.A_TO_WORLD[:3, :3] @ np.array([0.0, 0.0, 1.0])
         assert np.allclose(up_scene / np.linalg.norm(up_scene), [0, 0, 1], atol=0.05 if up == "cameras" else 1e-3)
-    cfg = NormalizationConfig(center="points", up="none", scale="points", radius=1.0, points_percentile=90)
-    m = normalization_transform(c2w_w, pts_w, cfg, "test")
+    cfg = NormalizationConfig(center="points", up="none", scale="points", points_percentile=90)
+    m = normalization_transform(c2w_w, pts_w, cfg, "test", radius=1.0)
     r = np.linalg.norm(transform_points(m, pts_w), axis=-1)
     assert np.isclose(np.percentile(r, 90), 1.0)
     with pytest.raises(DatasetError, match="normalization.center.*sparse points"):
@@ -355,7 +355,7 @@ def test_exported_mesh_lands_on_the_world_sparse_points(colmap_dir, tmp_path):
     images do; the normalized object sits inside the bounds."""
     from models.isosurface import extract_isosurface
 
-    scene = load(ColmapScene, colmap_dir.root, normalization={"radius": 1.0, "camera_distance": 2.5})
+    scene = load(ColmapScene, colmap_dir.root, normalization={"camera_distance": 2.5})
     to_a = scene_to_a(scene, colmap_dir)
     # the scene cameras, mapped into A, see the analytic object where the masks are
     inside, outside = silhouette_agreement(scene.load_split("train"), to_a)
@@ -382,16 +382,13 @@ def test_exported_mesh_lands_on_the_world_sparse_points(colmap_dir, tmp_path):
 @needs_pycolmap
 def test_scene_transform_is_saved_as_json(colmap_dir, tmp_path):
     from datasets.datamodule import SceneDataModule
-
-    from types import SimpleNamespace
+    from datasets.normalization import write_scene_transform
 
     scene = load(ColmapScene, colmap_dir.root)
     dm = SceneDataModule(scene, scene.cfg)
-    # as in a run: setup() writes it into the system's save folder
-    dm.trainer = SimpleNamespace(global_rank=0, lightning_module=SimpleNamespace(context=SimpleNamespace(
-        save_dir=tmp_path / "save")))
-    dm.setup("validate")
-    path = tmp_path / "save" / "scene_to_world.json"
+    # as a run does when it makes its folder (systems/run.py)
+    path = write_scene_transform(tmp_path / "save" / "scene_to_world.json", scene.scene_to_world.numpy(),
+                                 dataset="colmap")
     saved = json.loads(path.read_text())
     assert np.allclose(saved["scene_to_world"], scene.scene_to_world.numpy())
     assert np.allclose(np.array(saved["world_to_scene"]) @ np.array(saved["scene_to_world"]), np.eye(4), atol=1e-6)  # stored from float32 tensors

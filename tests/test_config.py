@@ -39,6 +39,12 @@ class Outer:
     part: Any = component("test-widget", {"name": "gear"})
 
 
+def parse(schema, raw, path=""):
+    """parse_component with this file's widget registry as the only component kind: parsing gets
+    its lookup passed in (it imports no registry)."""
+    return parse_component(schema, raw, path, components={"test-widget": widgets}.__getitem__)
+
+
 def write(tmp_path, name, text):
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +91,7 @@ def test_missing_config_file(tmp_path):
 def test_overrides_merge_and_type(tmp_path):
     preset = write(tmp_path, "p.yaml", "name: a\ninner: {size: 1.0}\n")
     cfg = load_config(preset, ["count=7", "inner.size=0.25", "inner.tags=[a,b]", "part.teeth=30"])
-    parsed = parse_component(Outer, cfg)
+    parsed = parse(Outer, cfg)
     assert parsed.count == 7 and parsed.inner.size == 0.25 and parsed.inner.tags == ["a", "b"]
     assert parsed.part.teeth == 30 and parsed.part.name == "gear"
 
@@ -100,7 +106,7 @@ def test_override_of_unknown_key_names_it_and_suggests(tmp_path):
     preset = write(tmp_path, "p.yaml", "name: a\n")
     cfg = load_config(preset, ["inner.sise=3"])
     with pytest.raises(ConfigError) as err:
-        parse_component(Outer, cfg)
+        parse(Outer, cfg)
     msg = str(err.value)
     assert "inner.sise" in msg and "'size'" in msg
 
@@ -130,7 +136,7 @@ def test_unknown_key_wrong_type_bad_choice_missing_all_reported_with_paths():
         "part": {"name": "gear", "shape": "roond", "teth": 3},
     }
     with pytest.raises(ConfigError) as err:
-        parse_component(Outer, raw, path="cfg")
+        parse(Outer, raw, path="cfg")
     msg = str(err.value)
     assert "cfg.count: expected an integer" in msg
     assert "cfg.enabled: expected true or false" in msg
@@ -143,13 +149,13 @@ def test_unknown_key_wrong_type_bad_choice_missing_all_reported_with_paths():
 
 def test_unknown_component_name_lists_known():
     with pytest.raises(ConfigError) as err:
-        parse_component(Outer, {"name": "x", "part": {"name": "geer"}}, path="cfg")
+        parse(Outer, {"name": "x", "part": {"name": "geer"}}, path="cfg")
     msg = str(err.value)
     assert "cfg.part.name" in msg and "'gear'" in msg and "Known: gear" in msg
 
 
 def test_valid_config_parses_with_defaults():
-    parsed = parse_component(Outer, {"name": "x", "ratio": 2})
+    parsed = parse(Outer, {"name": "x", "ratio": 2})
     assert parsed.ratio == 2.0 and isinstance(parsed.ratio, float)
     assert parsed.inner == Inner() and parsed.part.teeth == 12
 
@@ -157,7 +163,7 @@ def test_valid_config_parses_with_defaults():
 def test_switching_a_component_drops_the_old_options(tmp_path):
     write(tmp_path, "base.yaml", "name: a\npart: {name: gear, teeth: 40, shape: square}\ninner: {size: 2.0}\n")
     preset = write(tmp_path, "p.yaml", "extends: base.yaml\ninner: {tags: [t]}\n")
-    merged = parse_component(Outer, load_config(preset))
+    merged = parse(Outer, load_config(preset))
     assert merged.part.teeth == 40 and merged.inner.size == 2.0 and merged.inner.tags == ["t"]
     other = Registry.all["test-widget"]
 
@@ -167,5 +173,5 @@ def test_switching_a_component_drops_the_old_options(tmp_path):
         class Config:
             stiffness: float = 1.0
 
-    swapped = parse_component(Outer, load_config(preset, ["part.name=spring", "part.stiffness=3"]))
+    swapped = parse(Outer, load_config(preset, ["part.name=spring", "part.stiffness=3"]))
     assert swapped.part.name == "spring" and swapped.part.stiffness == 3.0

@@ -28,10 +28,13 @@ def _ddp_unavailable() -> str:
     return ""
 
 
-def test_grid_sync_makes_the_update_of_all_evaluations():
-    """Two 'ranks' probe different points; with sync_fn (here: an elementwise max of both ranks'
-    new values, as the all-reduce does) both end with the grid one process would get from the
-    union of the probes, and a cell only one rank probed still decays like in a single update."""
+def test_grid_sync_makes_the_update_of_all_evaluations(monkeypatch):
+    """Two 'ranks' probe different points; with the grid's all-reduce (here: an elementwise max
+    of both ranks' new values, as all-reduce(max) returns) both end with the grid one process
+    would get from the union of the probes, and a cell only one rank probed still decays like in
+    a single update."""
+    import models.rendering.occupancy_grid as occupancy_grid
+
     res, step, decay = 4, 300, 0.5  # past warm-up: random subsets of cells
 
     def field(x):
@@ -47,7 +50,7 @@ def test_grid_sync_makes_the_update_of_all_evaluations():
     news = []
     for r, g in enumerate(ranks):  # each rank's own probe values (-inf where not probed)
         captured = {}
-        g.sync_fn = lambda new, c=captured: c.setdefault("new", new.clone())
+        monkeypatch.setattr(occupancy_grid, "max_over_ranks", lambda new, c=captured: c.setdefault("new", new.clone()))
         g.update(step, field, ema_decay=decay, warmup_steps=0, generator=torch.Generator().manual_seed(10 + r))
         news.append(captured["new"])
     merged = torch.maximum(news[0], news[1])
@@ -56,7 +59,7 @@ def test_grid_sync_makes_the_update_of_all_evaluations():
     for r, g in enumerate(ranks):
         g.occs.fill_(0.8)
         g._binarize(0.01)
-        g.sync_fn = lambda new: torch.maximum(new, merged)  # what all-reduce(max) returns on every rank
+        monkeypatch.setattr(occupancy_grid, "max_over_ranks", lambda new: torch.maximum(new, merged))
         g.update(step, field, ema_decay=decay, warmup_steps=0, generator=torch.Generator().manual_seed(10 + r))
     # independent reference: one EMA update from the union of probes
     probed = merged > -math.inf

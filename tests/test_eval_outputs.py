@@ -18,7 +18,7 @@ import launch
 import systems.metrics as metrics
 from tests.conftest import TINY_SCENE
 
-QUICK = ["trainer.enable_progress_bar=false", "model.grid_resolution=16", "system.eval_mesh_points=2000",
+QUICK = ["trainer.enable_progress_bar=false", "model.grid.resolution=16", "system.eval_mesh_points=2000",
          "export.resolution=32", "system.save_video=false", "dataset.n_predict_views=2"]
 
 
@@ -172,14 +172,12 @@ def test_mesh_region_from_config_values():
 
 
 def test_bad_mesh_region_is_refused_before_work(tmp_path, tiny_scene_dir):
-    import systems
-    from utils.runner import load_experiment
+    from systems.base import RunContext
+    from systems.build import build_system, load_experiment
 
     _, cfg = load_experiment("configs/neus-synthetic.yaml", [*tiny(tiny_scene_dir), "system.eval_mesh_region=[0,0,0,0,1,1]"])
-    from systems.base import RunContext
-
     with pytest.raises(ValueError, match="system.eval_mesh_region: a box needs min < max"):
-        systems.make(cfg.system.name, cfg.system, cfg.model, RunContext(save_dir=tmp_path, scene_to_world=torch.eye(4)))
+        build_system(cfg, RunContext(save_dir=tmp_path, scene_to_world=torch.eye(4)))
 
 
 @pytest.mark.slow

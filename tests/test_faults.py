@@ -15,6 +15,7 @@ import torch
 import launch
 import systems.base as base
 from systems.neus import NeuSSystem
+from systems.ray_budget import DynamicRayBudget
 from tests.test_launch import TINY_RUN, synthetic_overrides
 from utils.checkpoint import read_checkpoint
 
@@ -76,6 +77,12 @@ def finite_weights(ckpt) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
+def callback_state(ckpt, name: str) -> dict:
+    """The state a callback class (by name) kept in a Lightning checkpoint."""
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k == name or k.startswith(name + "{")]
+    return state
+
+
 def optimizer_steps(ckpt) -> int:
     return max(int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values())
 
@@ -126,7 +133,8 @@ def test_sigkill_leaves_intact_checkpoints_and_resume_continues_the_schedule(tmp
 
     def on_train_start(self):
         original(self)
-        seen.update(step=self.global_step, n_rays=self.n_rays, occs=self.model.grid.occs.clone(),
+        budget = next(cb for cb in self.trainer.callbacks if isinstance(cb, DynamicRayBudget))
+        seen.update(step=self.global_step, n_rays=budget.n_rays, occs=self.model.grid.occs.clone(),
                     lr=[g["lr"] for g in self.trainer.optimizers[0].param_groups])
 
     monkeypatch.setattr(base.BaseSystem, "on_train_start", on_train_start)
@@ -139,7 +147,7 @@ def test_sigkill_leaves_intact_checkpoints_and_resume_continues_the_schedule(tmp
     # dynamic ray count and learning-rate schedule
     assert seen["step"] == newest_step
     assert torch.equal(seen["occs"], source["state_dict"]["model.grid.occs"])
-    assert seen["n_rays"] == source["train_num_rays"]
+    assert seen["n_rays"] == callback_state(source, "DynamicRayBudget")["n_rays"]
     assert seen["lr"] == pytest.approx(source["lr_schedulers"][0]["_last_lr"])
     runs = sorted((tmp_path / "exp" / "neus-synthetic").iterdir())
     (new_run,) = [r for r in runs if r != ckpt_dir.parent]
@@ -191,7 +199,7 @@ def test_nan_steps_are_skipped_and_counted(tmp_path, tiny_scene_dir, monkeypatch
     assert code == 0
     (run,) = (tmp_path / "exp" / "neus-synthetic").iterdir()
     final = read_checkpoint(run / "ckpt" / "last.ckpt")
-    assert final["global_step"] == 8 and final["skipped_steps"] == 3
+    assert final["global_step"] == 8 and callback_state(final, "NonFiniteStepGuard")["skipped_steps"] == 3
     assert finite_weights(final)
     assert optimizer_steps(final) == 8 - 3  # no update from the NaN loss (2, 3) or NaN gradient (5) steps
     for name, before in snapshots[2].items():  # steps 2 and 3 left the weights as they were

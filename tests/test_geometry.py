@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import models
+from models import geometries, textures
 from models.neus import neus_alpha
-from models.texture import VarianceConfig, VarianceNetwork
+from models.rendering import visual_hull_cells
+from models.variance import VarianceConfig, VarianceNetwork
 
 SDF_CFG = {
-    "radius": 1.0,
     "feature_dim": 5,
     "xyz_encoding": {"name": "with-xyz", "inner": {"name": "triplane", "resolution": 16, "n_features": 4}},
     "mlp_network": {"name": "mlp", "n_neurons": 32, "n_hidden_layers": 1, "activation": "softplus",
@@ -19,7 +20,7 @@ SDF_CFG = {
 
 def sdf_geometry(**kw):
     torch.manual_seed(0)
-    return models.make("volume-sdf", {**SDF_CFG, **kw})
+    return geometries.make("volume-sdf", {**SDF_CFG, **kw}, radius=1.0)
 
 
 def points(n=200, scale=0.8):
@@ -81,7 +82,7 @@ def test_laplace_of_sphere_init_field():
 
 
 def test_progressive_eps_follows_finest_level():
-    geo = models.make("volume-sdf", {
+    geo = geometries.make("volume-sdf", {
         "xyz_encoding": {"name": "with-xyz", "inner": {"name": "progressive-hashgrid", "n_levels": 4,
                                                        "log2_hashmap_size": 12, "base_resolution": 4,
                                                        "per_level_scale": 2.0, "start_level": 1,
@@ -95,12 +96,12 @@ def test_progressive_eps_follows_finest_level():
 
 def test_progressive_eps_needs_a_progressive_grid():
     with pytest.raises(ValueError, match="progressive"):
-        models.make("volume-sdf", {"finite_difference_eps": "progressive"})
+        geometries.make("volume-sdf", {"finite_difference_eps": "progressive"})
 
 
 @pytest.mark.parametrize("activation", ["trunc_exp", "exp", "softplus", "relu"])
 def test_density_is_non_negative(activation):
-    geo = models.make("volume-density", {"density_activation": activation, "feature_dim": 4,
+    geo = geometries.make("volume-density", {"density_activation": activation, "feature_dim": 4,
                                          "xyz_encoding": {"name": "dense-grid", "resolution": 8}})
     out = geo(points())
     assert out["density"].shape == (200,) and out["feature"].shape == (200, 4)
@@ -116,13 +117,13 @@ def test_trunc_exp_gradient_is_clamped():
 
 
 def test_textures():
-    rad = models.make("volume-radiance", {"input_feature_dim": 5, "use_normal": True})
+    rad = textures.make("volume-radiance", {"use_normal": True}, n_feature_dims=5)
     feats, dirs = torch.randn(10, 5), torch.nn.functional.normalize(torch.randn(10, 3), dim=-1)
     rgb = rad(feats, dirs, dirs)
     assert rgb.shape == (10, 3) and float(rgb.min()) >= 0 and float(rgb.max()) <= 1
     with pytest.raises(ValueError, match="use_normal"):
         rad(feats, dirs)
-    col = models.make("volume-color", {"input_feature_dim": 5})
+    col = textures.make("volume-color", {}, n_feature_dims=5)
     assert col(feats).shape == (10, 3)
 
 
@@ -169,7 +170,7 @@ def test_neus_alpha_hand_case():
 def test_mesh_extraction_skips_only_space_known_to_be_empty(grid_mode):
     """A 'shell' grid also empties the object's inside, so only the frozen (visual-hull) cells may
     be skipped when meshing; an 'alpha' grid's empty cells are all empty space."""
-    model = models.make("neus", {"radius": 1.0, "grid_resolution": 4, "grid_mode": grid_mode,
+    model = models.make("neus", {"radius": 1.0, "grid": {"resolution": 4, "mode": grid_mode},
                                  "geometry": {"name": "volume-sdf", **SDF_CFG}})
     hull = torch.zeros(4, 4, 4, dtype=torch.bool)
     hull[1:3, 1:3, 1:3] = True
@@ -183,13 +184,15 @@ def test_mesh_extraction_skips_only_space_known_to_be_empty(grid_mode):
 
 def test_visual_hull_is_held_occupied_then_the_shell_grid_follows_the_field():
     torch.manual_seed(0)
-    model = models.make("neus", {"radius": 1.0, "grid_resolution": 16, "grid_mode": "shell", "grid_update_every": 1,
-                                 "grid_warmup_steps": 100, "grid_hull_hold_steps": 3, "num_samples_per_ray": 128,
+    model = models.make("neus", {"radius": 1.0, "num_samples_per_ray": 128,
+                                 "grid": {"resolution": 16, "mode": "shell", "update_every": 1, "warmup_steps": 100,
+                                          "hull_hold_steps": 3},
                                  "variance": {"init_val": 0.6},  # inv_s = exp(6): a sharp surface
                                  "geometry": {"name": "volume-sdf", **SDF_CFG}})
     # one camera on the +z axis looking down whose mask is all foreground: nothing is carved
     c2w = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 4.0]]])
-    kept = model.init_grid_from_masks(c2w, torch.tensor([[8.0, 8.0, 8.0, 8.0]]), torch.ones(1, 16, 16))
+    hull = visual_hull_cells(model.grid, c2w, torch.tensor([[8.0, 8.0, 8.0, 8.0]]), torch.ones(1, 16, 16))
+    kept = model.start_grid_from_hull(hull)
     assert kept == 1.0 and bool(model.visual_hull.all())
     model.train()
     for step in range(3):

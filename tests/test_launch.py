@@ -12,8 +12,8 @@ from tests.conftest import TINY_SCENE
 TINY_RUN = [
     "trainer.max_steps=12", "trainer.val_check_interval=6", "trainer.enable_progress_bar=false",
     "checkpoint.every_n_train_steps=6", "export.resolution=48", "system.eval_mesh_points=2000",
-    "system.train_num_rays=128", "model.grid_resolution=16", "model.grid_warmup_steps=4",
-    "model.grid_update_every=4", "dataset.n_predict_views=2",
+    "system.train_num_rays=128", "model.grid.resolution=16", "model.grid.warmup_steps=4",
+    "model.grid.update_every=4", "dataset.n_predict_views=2",
 ]
 
 

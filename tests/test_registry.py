@@ -47,9 +47,21 @@ def test_toolkit_registries_are_filled():
     import models.registered  # noqa: F401
     import systems.registered  # noqa: F401
     from datasets import datasets
-    from models import models
+    from models import backgrounds, geometries, models, textures
     from systems import systems
 
-    assert {"blender", "synthetic"} <= set(datasets.names())
-    assert {"neus", "nerf", "volume-sdf", "volume-density", "volume-radiance", "volume-color"} <= set(models.names())
+    assert {"blender", "synthetic", "dtu", "colmap", "ngp"} <= set(datasets.names())
+    # one registry per kind of part, so a radiance field cannot be parsed as a geometry
+    assert set(models.names()) == {"neus", "nerf"}
+    assert set(geometries.names()) == {"volume-sdf", "volume-density"}
+    assert set(textures.names()) == {"volume-radiance", "volume-color"}
+    assert set(backgrounds.names()) == {"nerf-background"}
     assert {"neus-system", "nerf-system"} <= set(systems.names())
+
+
+def test_a_part_of_the_wrong_kind_is_refused_naming_the_key():
+    import models.registered  # noqa: F401
+    from models import models
+
+    with pytest.raises(ConfigError, match=r"model.geometry.name: unknown geometry 'volume-radiance'"):
+        models.make("neus", {"geometry": {"name": "volume-radiance"}}, path="model")

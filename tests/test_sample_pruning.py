@@ -6,7 +6,6 @@ from models.neus import neus_alpha, slope_along_rays
 
 SDF_GEOMETRY = {
     "name": "volume-sdf",
-    "radius": 1.0,
     "feature_dim": 5,
     "xyz_encoding": {"name": "with-xyz", "inner": {"name": "triplane", "resolution": 16, "n_features": 4}},
     "mlp_network": {"name": "mlp", "n_neurons": 32, "n_hidden_layers": 1, "activation": "softplus",
@@ -49,9 +48,9 @@ def test_slope_along_a_ray_matches_the_gradient_for_a_plane():
 
 def neus_model(**kw):
     torch.manual_seed(0)
-    cfg = {"radius": 1.0, "grid_prune": False, "num_samples_per_ray": 256, "cos_anneal_end": 0,
+    cfg = {"radius": 1.0, "grid": {"enabled": False}, "num_samples_per_ray": 256, "cos_anneal_end": 0,
            "variance": {"init_val": 0.6}, "geometry": SDF_GEOMETRY,
-           "texture": {"name": "volume-radiance", "input_feature_dim": 5}, **kw}  # inv_s = exp(6): a sharp surface
+           "texture": {"name": "volume-radiance"}, **kw}  # inv_s = exp(6): a sharp surface
     return models.make("neus", cfg)
 
 
@@ -66,10 +65,10 @@ def test_neus_early_stop_drops_samples_behind_the_surface_and_keeps_the_image():
     a = render(neus_model(), rays_o, rays_d)
     b = render(neus_model(early_stop_eps=1e-4), rays_o, rays_d)
     # every ray enters the sphere: the samples behind its surface (most of the box) go
-    assert float(b["num_samples"]) < 0.5 * float(a["num_samples"])
-    assert float(a["opacity"].min()) > 0.99
+    assert float(b.num_samples) < 0.5 * float(a.num_samples)
+    assert float(a.opacity.min()) > 0.99
     for key, tol in (("rgb", 1e-3), ("opacity", 1e-3), ("depth", 1e-3), ("normal", 1e-2)):
-        assert torch.allclose(a[key], b[key], atol=tol), key
+        assert torch.allclose(getattr(a, key), getattr(b, key), atol=tol), key
 
 
 def test_neus_alpha_threshold_drops_transparent_samples():
@@ -77,17 +76,17 @@ def test_neus_alpha_threshold_drops_transparent_samples():
     ref = render(neus_model(), rays_o, rays_d)
     out = render(neus_model(alpha_thre=1e-3), rays_o, rays_d)
     # the transparent samples in front of the sphere go (inside it NeuS's alpha is ~1: they stay)
-    assert float(out["num_samples"]) < 0.6 * float(ref["num_samples"])
-    assert torch.allclose(out["opacity"], ref["opacity"], atol=1e-2)
+    assert float(out.num_samples) < 0.6 * float(ref.num_samples)
+    assert torch.allclose(out.opacity, ref.opacity, atol=1e-2)
 
 
 def test_nerf_alpha_threshold_takes_effect():
     """model.alpha_thre reaches the marcher (it used to be dropped on the way)."""
     torch.manual_seed(0)
-    base = {"radius": 1.0, "grid_prune": False, "num_samples_per_ray": 128,
-            "geometry": {"name": "volume-density", "radius": 1.0, "feature_dim": 4, "density_bias": -4.0,
+    base = {"radius": 1.0, "grid": {"enabled": False}, "num_samples_per_ray": 128,
+            "geometry": {"name": "volume-density", "feature_dim": 4, "density_bias": -4.0,
                          "xyz_encoding": {"name": "triplane", "resolution": 8, "n_features": 4}},
-            "texture": {"name": "volume-radiance", "input_feature_dim": 4}}
+            "texture": {"name": "volume-radiance"}}
     rays_o, rays_d = rays_at_sphere(16)
     counts = []
     for thre in (0.0, 0.5):
@@ -95,5 +94,5 @@ def test_nerf_alpha_threshold_takes_effect():
         model = models.make("nerf", {**base, "alpha_thre": thre})
         model.eval()
         with torch.no_grad():
-            counts.append(float(model.render(rays_o, rays_d, torch.ones_like(rays_o))["num_samples"]))
+            counts.append(float(model.render(rays_o, rays_d, torch.ones_like(rays_o)).num_samples))
     assert counts[0] > 0 and counts[1] == 0.0  # exp(-4)-ish density: every sample is far below 0.5

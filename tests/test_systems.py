@@ -4,27 +4,25 @@ from pathlib import Path
 import pytest
 import torch
 
+import models
 import systems
 from systems.base import RunContext
 from systems.losses import weight_at
 from systems.optim import OptimizerConfig, SchedulerConfig, make_optimizer, make_scheduler
+from systems.ray_budget import DynamicRayBudget
 from utils.config import ConfigError, parse_component
 
 MODEL = {
-    "name": "neus", "radius": 1.0, "num_samples_per_ray": 64, "grid_resolution": 8,
-    "geometry": {"name": "volume-sdf", "radius": 1.0, "feature_dim": 4,
+    "name": "neus", "radius": 1.0, "num_samples_per_ray": 64, "grid": {"resolution": 8},
+    "geometry": {"name": "volume-sdf", "feature_dim": 4,
                  "xyz_encoding": {"name": "with-xyz", "inner": {"name": "triplane", "resolution": 8, "n_features": 2}}},
-    "texture": {"name": "volume-radiance", "input_feature_dim": 4},
+    "texture": {"name": "volume-radiance"},
 }
 
 
 def neus_system(**system_cfg):
-    import models.neus  # noqa: F401
-
-    model_cfg = parse_component(models.neus.NeuSModel.Config, MODEL, "model")
-    model_cfg.name = "neus"
     ctx = RunContext(save_dir=Path("unused"), scene_to_world=torch.eye(4))
-    return systems.make("neus-system", system_cfg, model_cfg, ctx)
+    return systems.make("neus-system", system_cfg, models.make("neus", MODEL), ctx)
 
 
 def test_weight_schedule_is_piecewise_linear():
@@ -81,14 +79,19 @@ def test_schedulers_warmup_exponential_and_sequential():
 
 
 def test_dynamic_ray_sampling_moves_toward_the_target():
-    system = neus_system(train_num_rays=100, target_samples_per_step=10000, max_train_num_rays=1000)
+    budget = DynamicRayBudget(initial_rays=100, target_samples_per_step=10000, min_rays=64, max_rays=1000)
     for _ in range(60):
-        system.adjust_num_rays(system.n_rays, system.n_rays * 20.0)  # 20 samples per ray
-    assert abs(system.n_rays - 500) <= 5  # within 1%: the damped update has a small dead band
-    system.adjust_num_rays(system.n_rays, system.n_rays * 0.01)  # nearly empty rays: capped
+        budget.update(budget.n_rays, budget.n_rays * 20.0)  # 20 samples per ray
+    assert abs(budget.n_rays - 500) <= 5  # within 1%: the damped update has a small dead band
     for _ in range(100):
-        system.adjust_num_rays(system.n_rays, system.n_rays * 0.01)
-    assert system.n_rays == 1000
+        budget.update(budget.n_rays, budget.n_rays * 0.01)  # nearly empty rays: capped
+    assert budget.n_rays == 1000
+    for _ in range(200):
+        budget.update(budget.n_rays, budget.n_rays * 1000.0)  # very full rays: floored
+    assert budget.n_rays == 64
+    fixed = DynamicRayBudget(initial_rays=100, target_samples_per_step=10000, min_rays=64, max_rays=1000,
+                             enabled=False)
+    assert fixed.update(100, 100 * 20.0) == 100
 
 
 def render_rays_at_the_origin(system, n=32):
@@ -127,7 +130,7 @@ def test_normal_smoothness_term_compares_normals_at_nearby_surface_points():
     system.model.train()
     system.model.update_step(0, 0)
     batch, out = render_rays_at_the_origin(system)
-    points = system.surface_points(batch, out, 8)
+    points = system.model.surface_points(batch["rays_o"], batch["rays_d"], out, 8)
     assert points.shape == (8, 3)  # the sphere-init surface is hit by every ray; at most 8 are used
     # near the zero level set (still blurry: inv_s ~ 20), on the camera's side of the initial blob
     with torch.no_grad():

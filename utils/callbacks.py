@@ -1,5 +1,5 @@
-"""Lightning callbacks of the toolkit: atomic checkpoints, a graceful stop on SIGINT/SIGTERM, one run
-folder across the processes of a distributed run, and a console progress line."""
+"""Lightning callbacks of the toolkit: atomic checkpoints, a graceful stop on SIGINT/SIGTERM, a
+guard that skips steps with NaN/inf losses or gradients, and a console progress line."""
 from __future__ import annotations
 
 import errno
@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from pytorch_lightning.callbacks import Callback, Checkpoint, ModelCheckpoint
 
+from utils.distributed import sum_over_ranks
 from utils.saving import SaveError
 
 log = logging.getLogger("progress")
@@ -25,6 +26,10 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 
 class NonFiniteWeightsError(RuntimeError):
     """The model holds NaN or inf parameters: no checkpoint is written with them."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or its gradients stayed NaN/inf for system.max_consecutive_bad_steps steps in a row."""
 
 
 class TrainingInterrupted(Exception):
@@ -130,14 +135,10 @@ class GracefulStop(Checkpoint):
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, run_paths) -> None:
-        self.run_paths = run_paths  # utils.run_dir.RunPaths (DistributedRun may correct it)
+    def __init__(self, ckpt_dir: Path) -> None:
+        self.ckpt_dir = Path(ckpt_dir)  # where last.ckpt goes (rank zero's run folder; only it writes)
         self.received: Optional[int] = None
         self._previous: dict = {}
-
-    @property
-    def ckpt_dir(self) -> Path:
-        return Path(self.run_paths.ckpt_dir)
 
     # -------------------------------------------------------------- signal handlers
     def _handler(self, signum, frame) -> None:
@@ -201,21 +202,59 @@ class GracefulStop(Checkpoint):
             self._stop_if_asked(trainer)
 
 
-class DistributedRun(Callback):
-    """Makes every process of a distributed run agree on rank 0's run folder (the others may have
-    been started by torchrun or SLURM without knowing it) and points the system's outputs there."""
+class NonFiniteStepGuard(Callback):
+    """Skips the optimizer step (no update) when the loss or a gradient is NaN/inf, counts it
+    (``train/skipped_steps``) and stops the run after ``max_in_a_row`` such steps in a row.
 
-    def __init__(self, run_paths, context) -> None:
-        self.run_paths = run_paths
-        self.context = context
+    Gradients are already reduced over the processes when it looks at them, and the losses'
+    finiteness is reduced here, so every process decides the same. With a mixed-precision grad
+    scaler, inf/NaN gradients are the scaler's business (it skips them and rescales)."""
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if trainer.world_size <= 1:
+    def __init__(self, max_in_a_row: int) -> None:
+        if int(max_in_a_row) < 1:
+            raise ValueError(f"system.max_consecutive_bad_steps must be >= 1, got {max_in_a_row}")
+        self.max_in_a_row = int(max_in_a_row)
+        self.skipped_steps = 0  # over the whole run (kept in checkpoints)
+        self._bad_in_a_row = 0
+        self._loss_bad = False
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self._loss_bad = not bool(torch.isfinite(loss.detach()).all())
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        (bad_ranks,) = sum_over_ranks(float(self._loss_bad))
+        loss_bad = bad_ranks > 0
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            finite = True
+        if finite and not loss_bad:
+            self._bad_in_a_row = 0
             return
-        root, tb_dir = trainer.strategy.broadcast((str(self.run_paths.root), str(self.run_paths.tb_dir)), src=0)
-        if Path(root) != self.run_paths.root:
-            self.run_paths.root, self.run_paths.tb_dir = Path(root), Path(tb_dir)
-        self.context.save_dir = self.run_paths.save_dir
+        for group in optimizer.param_groups:  # the optimizer skips parameters without a gradient
+            for p in group["params"]:
+                p.grad = None
+        self.skipped_steps += 1
+        self._bad_in_a_row += 1
+        what = "loss" if loss_bad else "gradients"
+        log.warning("step %d skipped: the %s had NaN/inf values (%d skipped so far, %d in a row)",
+                    trainer.global_step, what, self.skipped_steps, self._bad_in_a_row)
+        if self._bad_in_a_row >= self.max_in_a_row:
+            raise TrainingDiverged(
+                f"training stopped at step {trainer.global_step}: the loss or its gradients were NaN/inf in "
+                f"{self._bad_in_a_row} steps in a row (system.max_consecutive_bad_steps={self.max_in_a_row}); no "
+                "update was made from them, so the weights and checkpoints stay finite. Lower the learning rate, "
+                "check the data, or set gradient clipping (trainer.gradient_clip_val)"
+            )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pl_module.log("train/skipped_steps", float(self.skipped_steps))
+
+    def state_dict(self):
+        return {"skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state_dict) -> None:
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
 
 
 class ConsoleProgress(Callback):

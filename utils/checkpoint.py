@@ -30,8 +30,9 @@ def read_checkpoint(path: str | Path) -> Dict[str, Any]:
     return ckpt
 
 
-def load_weights(module: torch.nn.Module, path: str | Path) -> Dict[str, Any]:
-    """Load the weights of checkpoint ``path`` into ``module`` (strictly); returns the checkpoint."""
+def check_checkpoint(module: torch.nn.Module, path: str | Path) -> Dict[str, Any]:
+    """The checkpoint at ``path`` if its weights fit ``module`` exactly (same keys and shapes),
+    else a CheckpointError saying what differs. Every command reads checkpoints through here."""
     ckpt = read_checkpoint(path)
     state = ckpt["state_dict"]
     own = module.state_dict()
@@ -52,5 +53,19 @@ def load_weights(module: torch.nn.Module, path: str | Path) -> Dict[str, Any]:
         raise CheckpointError(
             f"checkpoint '{path}' does not fit this model (was it made with another config?): " + "; ".join(parts)
         )
-    module.load_state_dict(state, strict=True)
+    return ckpt
+
+
+def load_weights(module: torch.nn.Module, path: str | Path) -> Dict[str, Any]:
+    """Load the weights of checkpoint ``path`` into ``module`` (strictly); returns the checkpoint."""
+    ckpt = check_checkpoint(module, path)
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+    return ckpt
+
+
+def restore_weights(module, path: str | Path) -> Dict[str, Any]:
+    """``load_weights`` into a LightningModule, then its ``on_load_checkpoint`` hook (so it can take
+    what else it keeps there, e.g. the step its weights were trained to); returns the checkpoint."""
+    ckpt = load_weights(module, path)
+    module.on_load_checkpoint(ckpt)
     return ckpt

@@ -10,8 +10,10 @@ When configs are merged (bases, then the preset, then overrides), a mapping that
 component (a different ``name``) replaces the base's mapping instead of merging into it, so
 switching e.g. ``xyz_encoding.inner.name`` from hashgrid to triplane drops the hash-grid options.
 
-A field made with ``component("model")`` holds a nested component chosen by its ``name``
-from that registry, and is checked against the chosen class's own ``Config``.
+A field made with ``component("geometry")`` holds a nested component chosen by its ``name``
+from that kind of registry, and is checked against the chosen class's own ``Config``. This module
+knows no registries: the caller passes a ``components`` lookup (kind -> table of classes, see
+``utils.registry.Registry.find``), so data flows one way (registry -> config).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import os
 import time
 import typing
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Protocol, Sequence, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -32,6 +34,20 @@ EXTENDS_KEY = "extends"
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names every key at fault."""
+
+
+class ComponentTable(Protocol):
+    """What parsing needs of a registry: its names and the class behind a name."""
+
+    def names(self) -> List[str]: ...
+
+    def get(self, name: str) -> type: ...
+
+    def __contains__(self, name: str) -> bool: ...
+
+
+#: kind (e.g. "geometry") -> its table of classes; raises KeyError for an unknown kind
+ComponentLookup = Callable[[str], ComponentTable]
 
 
 # --------------------------------------------------------------------------- resolvers
@@ -47,12 +63,23 @@ def _register_resolvers() -> None:
         "basename": lambda p: os.path.basename(str(p).rstrip("/")),
         "timestamp": lambda fmt="%Y%m%d-%H%M%S": time.strftime(fmt),
     }
-    # OmegaConf 2.4 renamed register_new_resolver; keep working on 2.3 as well
-    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             # cached so that e.g. ${timestamp:} gives one value for the whole run
-            register(name, fn, use_cache=name == "timestamp")
+            _register_resolver(name, fn, use_cache=name == "timestamp")
+
+
+def _register_resolver(name: str, fn: Callable[..., Any], use_cache: bool) -> None:
+    """OmegaConf 2.4 has ``register_resolver(..., use_cache=)`` and deprecates
+    ``register_new_resolver``; 2.1-2.3 have ``register_new_resolver`` and a legacy
+    ``register_resolver`` without ``use_cache``. Pick by signature, not by version string."""
+    import inspect
+
+    legacy = getattr(OmegaConf, "register_resolver", None)
+    if legacy is not None and "use_cache" in inspect.signature(legacy).parameters:
+        legacy(name, fn, use_cache=use_cache)
+    else:
+        OmegaConf.register_new_resolver(name, fn, use_cache=use_cache)
 
 
 _register_resolvers()
@@ -197,8 +224,9 @@ def _join(path: str, key: Any) -> str:
 class _Parser:
     """Walks a raw value against a type annotation, gathering errors."""
 
-    def __init__(self) -> None:
+    def __init__(self, components: Optional[ComponentLookup] = None) -> None:
         self.errors: List[str] = []
+        self.components = components
 
     def fail(self, path: str, msg: str) -> None:
         self.errors.append(f"{path or '<root>'}: {msg}")
@@ -247,8 +275,6 @@ class _Parser:
             return None
 
     def component(self, registry_kind: str, raw: Any, path: str) -> Any:
-        from utils.registry import Registry
-
         if raw is None:
             return None
         if isinstance(raw, (DictConfig, ListConfig)):
@@ -256,7 +282,10 @@ class _Parser:
         if not isinstance(raw, Mapping) or "name" not in raw:
             self.fail(path, f"expected a mapping with a 'name' key choosing a {registry_kind}")
             return None
-        registry = Registry.all[registry_kind]
+        if self.components is None:
+            raise TypeError(f"config schema at '{path}' holds a {registry_kind} component: "
+                            "parse it with a components lookup (utils.registry.parse_config)")
+        registry = self.components(registry_kind)
         name = raw["name"]
         if name == MISSING:
             self.fail(_join(path, "name"), f"missing mandatory value '???' (choose a {registry_kind})")
@@ -307,7 +336,7 @@ class _Parser:
             # Union[float, int] as one, so the declared order cannot be relied on (1 must stay an int)
             options.sort(key=lambda o: o is not type(raw))
             for option in options:
-                probe = _Parser()
+                probe = _Parser(self.components)
                 out = probe.value(option, raw, path)
                 if not probe.errors:
                     return out
@@ -368,9 +397,12 @@ class _Parser:
         raise TypeError(f"config schema at '{path}' uses an unsupported type {tp!r}")
 
 
-def parse_component(schema: type, raw: Any, path: str = "") -> Any:
-    """Check ``raw`` against the dataclass ``schema``; return an instance or raise ConfigError."""
-    parser = _Parser()
+def parse_component(schema: type, raw: Any, path: str = "", components: Optional[ComponentLookup] = None) -> Any:
+    """Check ``raw`` against the dataclass ``schema``; return an instance or raise ConfigError.
+
+    ``components`` finds the class table of a component kind; it is needed when ``schema`` (or a
+    nested schema) has ``component(...)`` fields."""
+    parser = _Parser(components)
     out = parser.dataclass(schema, raw, path)
     if parser.errors:
         lines = "\n".join(f"  - {e}" for e in parser.errors)
@@ -392,3 +424,81 @@ def config_to_dict(cfg: Any) -> Any:
     if isinstance(cfg, dict):
         return {k: config_to_dict(v) for k, v in cfg.items()}
     return cfg
+
+
+# --------------------------------------------------------------------------- renamed keys
+@dataclasses.dataclass(frozen=True)
+class KeyChange:
+    """A key that moved or became derived. ``new``: where it lives now (its value moves there);
+    or ``derived_from``: the key it is now computed from (a value equal to that key's, or an
+    interpolation, is dropped; any other value is refused, naming the key to set instead)."""
+
+    old: str
+    new: Optional[str] = None
+    derived_from: Optional[str] = None
+    note: str = ""
+
+
+MISSING_KEY = object()  # "no such key" (None is a value)
+
+
+def _pop_path(tree: Dict[str, Any], path: str) -> Any:
+    *parents, last = path.split(".")
+    node = tree
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return MISSING_KEY
+    return node.pop(last, MISSING_KEY) if last in node else MISSING_KEY
+
+
+def _get_path(tree: Dict[str, Any], path: str) -> Any:
+    node: Any = tree
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return MISSING_KEY
+        node = node[key]
+    return node
+
+
+def _set_path(tree: Dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+
+
+def migrate_keys(cfg: DictConfig, changes: Sequence[KeyChange]) -> DictConfig:
+    """``cfg`` with the old keys of ``changes`` moved to their new places (with a warning that
+    names the new key) or dropped when they are now derived. Raises ConfigError when an old key
+    and its new key are both set, or a derived key is set to something else than it derives to."""
+    import logging
+
+    log = logging.getLogger("config")
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    errors: List[str] = []
+    for change in changes:
+        value = _pop_path(tree, change.old)
+        if value is MISSING_KEY:
+            continue
+        if change.new is not None:
+            if _get_path(tree, change.new) is not MISSING_KEY:
+                errors.append(f"{change.old}: this key is now {change.new}, which is set too; remove {change.old}")
+                continue
+            _set_path(tree, change.new, value)
+            log.warning("config key '%s' is now '%s': used as that (please update the config)", change.old, change.new)
+            continue
+        source = change.derived_from
+        if isinstance(value, str) and value.startswith("${"):
+            continue  # an interpolation: what the derivation does now
+        derived = OmegaConf.select(cfg, source, default=None) if source else None
+        if derived is not None and value == derived:
+            log.warning("config key '%s' is no longer a setting (%s); ignored", change.old, change.note)
+            continue
+        errors.append(f"{change.old}: no longer a setting ({change.note}); "
+                      + (f"set {source} instead" if source else "remove it"))
+    if errors:
+        lines = "\n".join(f"  - {e}" for e in errors)
+        raise ConfigError(f"invalid config ({len(errors)} problem(s)):\n{lines}")
+    return OmegaConf.create(tree)

@@ -49,3 +49,81 @@ def started_by_lightning_launcher(env: Optional[Mapping[str, str]] = None) -> bo
     """True in a rank that Lightning's launcher started from a rank-0 launch.py (it inherited the run folder)."""
     env = os.environ if env is None else env
     return launch_rank(env) != 0 and bool(env.get(ENV_RUN_DIR))
+
+
+# --------------------------------------------------------------------------- gathering results
+# Lightning's DistributedSampler gives each process a share of the evaluation images, repeating
+# the first ones so all shares have the same length; results are gathered and de-duplicated by
+# image index, and every file is written once, by rank zero.
+_gloo_group = None
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several in an initialized process group."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_rank_zero() -> bool:
+    import torch.distributed as dist
+
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def _object_group():
+    """The group for gathering Python objects: a CPU (gloo) group beside NCCL, so images do not
+    pass through GPU memory."""
+    global _gloo_group
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        return None
+    if _gloo_group is None:
+        _gloo_group = dist.new_group(backend="gloo")
+    return _gloo_group
+
+
+def gather_to_zero(obj):
+    """``obj`` of every process, on rank zero, in rank order; [] elsewhere; [obj] on one process."""
+    import torch.distributed as dist
+
+    if not is_distributed():
+        return [obj]
+    zero = dist.get_rank() == 0
+    out = [None] * dist.get_world_size() if zero else None
+    dist.gather_object(obj, out, dst=0, group=_object_group())
+    return out if zero else []
+
+
+def all_gather(obj):
+    """``obj`` of every process, on every process, in rank order ([obj] on one process)."""
+    import torch.distributed as dist
+
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=_object_group())
+    return out
+
+
+def sum_over_ranks(*values: float):
+    """Scalars summed over all processes (one small all-reduce; unchanged on one process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not is_distributed():
+        return list(values)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def max_over_ranks(values):
+    """An all-reduce max of the tensor ``values`` in place (unchanged on one process)."""
+    import torch.distributed as dist
+
+    if is_distributed():
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, List, Literal, Optional, Union
 
-from utils.config import component
+from utils.config import KeyChange, component
 
 
 @dataclasses.dataclass
@@ -66,3 +66,21 @@ class ExperimentConfig:
         for key in ("dataset", "model", "system"):
             if getattr(self, key) is None:
                 raise ValueError(f"'{key}' is missing: every config needs a {key} section with a name")
+
+
+# keys of earlier versions: moved ones are used at their new place (with a warning), derived ones
+# are dropped when consistent (see utils.config.migrate_keys)
+_GRID_KEYS = ("resolution", "update_every", "warmup_steps", "occ_thre", "ema_decay", "init_from_masks",
+              "hull_hold_steps", "mode")
+KEY_CHANGES = (
+    KeyChange("model.grid_prune", new="model.grid.enabled"),
+    *(KeyChange(f"model.grid_{key}", new=f"model.grid.{key}") for key in _GRID_KEYS),
+    KeyChange("model.geometry.radius", derived_from="model.radius", note="the geometry uses model.radius"),
+    KeyChange("model.texture.input_feature_dim", derived_from="model.geometry.feature_dim",
+              note="the texture takes the geometry's feature_dim"),
+    KeyChange("model.background.geometry.radius", note="the background works in contracted coordinates"),
+    KeyChange("model.background.texture.input_feature_dim", derived_from="model.background.geometry.feature_dim",
+              note="the texture takes the geometry's feature_dim"),
+    KeyChange("dataset.normalization.radius", derived_from="model.radius",
+              note="captures are normalized into the model's box, model.radius"),
+)

@@ -1,12 +1,15 @@
 """Name -> class registries, so components can be made from config by name.
 
 Every registered class carries a ``Config`` dataclass describing its options; see
-``utils.config`` for how a raw config is checked against it.
+``utils.config`` for how a raw config is checked against it. This module uses ``utils.config``
+(never the other way round): parsing is handed ``Registry.find`` to look up component kinds.
 """
 from __future__ import annotations
 
 import difflib
 from typing import Any, Callable, Dict, List, Type
+
+from utils.config import parse_component
 
 
 class RegistryError(KeyError):
@@ -50,6 +53,13 @@ class Registry:
 
         return decorator
 
+    @classmethod
+    def find(cls, kind: str) -> "Registry":
+        """The registry of ``kind`` (e.g. "geometry"); what ``parse_component`` looks kinds up with."""
+        if kind not in cls.all:
+            raise RegistryError(f"no registry of kind '{kind}' (known: {', '.join(sorted(cls.all))})")
+        return cls.all[kind]
+
     def names(self) -> List[str]:
         return sorted(self._classes)
 
@@ -74,7 +84,10 @@ class Registry:
         cls = self.get(name)
         schema = getattr(cls, "Config", None)
         if schema is not None and not isinstance(cfg, schema):
-            from utils.config import parse_component
-
-            cfg = parse_component(schema, {} if cfg is None else cfg, path=path or self.kind)
+            cfg = parse_config(schema, {} if cfg is None else cfg, path=path or self.kind)
         return cls(cfg, *args, **kwargs)
+
+
+def parse_config(schema: type, raw: Any, path: str = "") -> Any:
+    """``utils.config.parse_component`` with components looked up in the registries."""
+    return parse_component(schema, raw, path, components=Registry.find)

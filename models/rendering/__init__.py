@@ -16,9 +16,15 @@ from .compositing import (
 from .contraction import contract, sample_background
 from .marching import ray_marching
 from .occupancy_grid import OccupancyGrid
+from .packed import PackedSamples
+from .visual_hull import visual_hull_cells
+from .volume import Accumulated, FieldValues, render_packed
 
 __all__ = [
+    "Accumulated",
+    "FieldValues",
     "OccupancyGrid",
+    "PackedSamples",
     "accumulate_along_rays",
     "chunked",
     "contract",
@@ -26,9 +32,11 @@ __all__ = [
     "nerfacc_available",
     "ray_aabb_intersect",
     "ray_marching",
+    "render_packed",
     "render_transmittance_from_alpha",
     "render_weight_from_alpha",
     "render_weight_from_density",
     "resolve_backend",
     "sample_background",
+    "visual_hull_cells",
 ]

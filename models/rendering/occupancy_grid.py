@@ -12,6 +12,8 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from utils.distributed import max_over_ranks
+
 # refinement factor between consecutive levels of the coarse-to-fine pyramid used for marching
 PYRAMID_FACTOR = 4
 # the coarsest pyramid level has at most this many cells per axis
@@ -60,9 +62,6 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("binaries", torch.zeros((levels,) + resolution, dtype=torch.bool))
         self._pyramid_key = None
         self._pyramid_maps: List[Tuple[Tensor, Tensor]] = []
-        # set by a distributed run: merges the per-cell new values of all processes (an all-reduce
-        # max) before the EMA, so every process applies the same update (see ``update``)
-        self.sync_fn: Optional[Callable[[Tensor], Tensor]] = None
 
     # ----------------------------------------------------------------------------------------
     # cells
@@ -130,10 +129,10 @@ class OccupancyGrid(nn.Module):
         evaluated keep their value (as in nerfacc); negative cells stay. Finally
         ``binaries = occs > min(mean of the positive occs, occ_thre)``.
 
-        With ``sync_fn`` set (distributed training), the new values [L * cells] (-inf where a cell
-        was not evaluated) go through it before the EMA; an all-reduce max there makes the update
-        the one a single process would make from all processes' evaluations, and keeps the grid
-        identical everywhere.
+        In a distributed run (an initialized process group of several processes; every process
+        updates at the same steps) the new values [L * cells] (-inf where a cell was not
+        evaluated) are merged by an all-reduce max before the EMA: the update is the one a single
+        process would make from all processes' evaluations, and the grid stays identical everywhere.
         """
         cell_ids = self._cells_to_evaluate(step, warmup_steps, generator)
         x = self._random_points_in_cells(cell_ids, generator)
@@ -143,8 +142,7 @@ class OccupancyGrid(nn.Module):
             raise ValueError(f"occ_eval_fn returned {values.shape[0]} values for {x.shape[0]} points")
         values = values.to(self.occs.dtype)
         new = torch.full_like(self.occs, -math.inf).scatter_reduce_(0, cell_ids, values, reduce="amax")
-        if self.sync_fn is not None:
-            new = self.sync_fn(new)
+        new = max_over_ranks(new)
         evaluated = new > -math.inf
         updated = torch.maximum(self.occs * ema_decay, new)
         self.occs.copy_(torch.where(evaluated & (self.occs >= 0), updated, self.occs))

@@ -1,17 +1,18 @@
-"""What launch.py does once the command line is read: config -> run folder -> data + system -> Lightning."""
+"""What launch.py does once the command line is read: config -> run folder -> the run's parts
+(systems/build.py) -> Lightning, and errors turned into one-line messages."""
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 import shlex
-import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from utils.config import ConfigError, load_config, parse_component, to_plain
+from systems.build import build_run, build_scene, load_experiment
+from utils.config import to_plain
 from utils.experiment import ExperimentConfig
 
 log = logging.getLogger("launch")
@@ -27,17 +28,6 @@ class RunInterrupted(RunError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def load_experiment(config_path: str, overrides: List[str]):
-    """(raw DictConfig, parsed ExperimentConfig) after merging bases and overrides and checking every key."""
-    import datasets.registered  # noqa: F401  (fills the registries)
-    import models.registered  # noqa: F401
-    import systems.registered  # noqa: F401
-
-    raw = load_config(config_path, overrides)
-    cfg = parse_component(ExperimentConfig, raw)
-    return raw, cfg
 
 
 def resolve_checkpoint(resume: Optional[str], exp_dir: str, cfg: ExperimentConfig) -> Optional[Path]:
@@ -70,71 +60,6 @@ def save_configs(raw, run_paths, argv: List[str]) -> None:
     )
 
 
-def build_trainer(cfg: ExperimentConfig, run_paths, action: str, context=None):
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    from utils.callbacks import AtomicModelCheckpoint, ConsoleProgress, DistributedRun, GracefulStop
-
-    t = cfg.trainer
-    interactive = t.enable_progress_bar and sys.stderr.isatty()
-    callbacks = [] if interactive else [ConsoleProgress()]
-    if action == "train":
-        callbacks.append(
-            AtomicModelCheckpoint(
-                dirpath=run_paths.ckpt_dir,
-                filename="step{step:07d}",
-                auto_insert_metric_name=False,
-                every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-                save_top_k=-1,
-                save_last=cfg.checkpoint.save_last,
-            )
-        )
-        callbacks.append(GracefulStop(run_paths))  # after the periodic checkpoints (both run last)
-    if context is not None:
-        callbacks.append(DistributedRun(run_paths, context))
-    logger = TensorBoardLogger(
-        save_dir=str(run_paths.tb_dir.parent.parent), name=cfg.name, version=run_paths.version, default_hp_metric=False
-    )
-    if action == "train":
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = pl.Trainer(
-        max_steps=t.max_steps,
-        val_check_interval=t.val_check_interval,
-        check_val_every_n_epoch=None,
-        log_every_n_steps=t.log_every_n_steps,
-        limit_val_batches=t.limit_val_batches,
-        limit_test_batches=t.limit_test_batches,
-        num_sanity_val_steps=t.num_sanity_val_steps,
-        precision=t.precision,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        gradient_clip_val=t.gradient_clip_val,
-        enable_progress_bar=interactive,  # tqdm in a log file is noise; ConsoleProgress logs instead
-        deterministic=t.deterministic,
-        callbacks=callbacks,
-        logger=logger,
-        default_root_dir=str(run_paths.root),
-        enable_model_summary=False,
-    )
-    from pytorch_lightning.strategies import DDPStrategy
-
-    if isinstance(trainer.strategy, DDPStrategy) and hasattr(trainer.strategy, "_ddp_kwargs"):
-        # DDP would broadcast rank 0's buffers (the occupancy grid: megabytes) before every forward;
-        # the system keeps them equal itself (see BaseSystem.on_train_start)
-        import inspect
-
-        from torch.nn.parallel import DistributedDataParallel
-
-        params = inspect.signature(DistributedDataParallel.__init__).parameters
-        key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
-        trainer.strategy._ddp_kwargs.setdefault(key, False)
-    return trainer
-
-
 def _newest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
     found = sorted(Path(ckpt_dir).glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
     return found[-1] if found else None
@@ -157,18 +82,17 @@ def _quote(path) -> str:
     return shlex.quote(str(path))
 
 
-def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: Path) -> int:
-    import pytorch_lightning as pl
-
-    import datasets
-    import systems
+def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: Path,
+        extra_callbacks: Sequence = ()) -> int:
+    """Do ``action`` (train, validate, test, predict, export) with the config and options of the
+    command line ``args`` and the ``key=value`` overrides; ``extra_callbacks`` join the run's."""
     from datasets.base import DatasetError
-    from datasets.datamodule import SceneDataModule
+    from datasets.normalization import write_scene_transform
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from systems.base import RunContext, TrainingDiverged
-    from utils.callbacks import NonFiniteWeightsError, TrainingInterrupted
-    from utils.checkpoint import CheckpointError, load_weights
+    from systems.export import export_mesh
+    from utils.callbacks import NonFiniteWeightsError, TrainingDiverged, TrainingInterrupted
+    from utils.checkpoint import CheckpointError, check_checkpoint, restore_weights
     from utils.distributed import ENV_RESUME, ENV_RUN_DIR, ENV_TB_DIR, launch_rank, started_by_lightning_launcher
     from utils.run_dir import RunFolderError, RunPaths, create_run, run_folder_name, snapshot_code
 
@@ -181,9 +105,8 @@ def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: 
     if checkpoint is None and action in ("validate", "test", "predict"):
         log.warning("no --resume given: %s runs with untrained weights", action)
 
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
-        scene = datasets.make(cfg.dataset.name, cfg.dataset, path="dataset")
+        scene = build_scene(cfg)  # bad data stops the run before any folder is made
     except DatasetError as err:
         raise RunError(str(err)) from err
 
@@ -193,44 +116,33 @@ def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: 
             run_paths = create_run(args.exp_dir, args.runs_dir, cfg.name, cfg.tag)
             save_configs(raw, run_paths, ["python", "launch.py", *getattr(args, "argv", [])])
             snapshot_code(repo_root, run_paths.code_dir)
+            info = {"dataset": cfg.dataset.name, **({"root_dir": str(cfg.dataset.root_dir)}
+                                                    if hasattr(cfg.dataset, "root_dir") else {})}
+            write_scene_transform(run_paths.save_dir / "scene_to_world.json", scene.scene_to_world.numpy(), **info)
         except (RunFolderError, OSError) as err:
             raise RunError(str(err)) from err
         log.info("run folder: %s (TensorBoard: %s)", run_paths.root, run_paths.tb_dir)
     elif started_by_lightning_launcher():
         run_paths = RunPaths(root=Path(os.environ[ENV_RUN_DIR]), tb_dir=Path(os.environ[ENV_TB_DIR]))
     else:
-        # started by torchrun/SLURM: rank 0's folder is learned once the process group is up
-        # (DistributedRun); until then a placeholder path that nothing writes to
+        # started by torchrun/SLURM: only rank 0 writes files (Lightning tells the others its
+        # checkpoint folder), so the other ranks' outputs point to a placeholder nothing writes to
         placeholder = run_folder_name(cfg.tag)
         run_paths = RunPaths(root=Path(args.exp_dir) / cfg.name / placeholder,
                              tb_dir=Path(args.runs_dir) / cfg.name / placeholder)
 
-    context = RunContext(
-        save_dir=run_paths.save_dir,
-        scene_to_world=scene.scene_to_world,
-        gt_mesh_path=scene.gt_mesh_path,
-        export=cfg.export,
-    )
-    system = systems.make(cfg.system.name, cfg.system, cfg.model, context, path="system")
-    datamodule = SceneDataModule(scene, cfg.dataset, train_num_rays=system.initial_train_num_rays, seed=cfg.seed)
-    system.datamodule_ref = datamodule
-
+    parts = build_run(cfg, run_paths, action, scene=scene, extra_callbacks=extra_callbacks)
+    system, datamodule, trainer = parts.system, parts.datamodule, parts.trainer
     full_resume = action == "train" and checkpoint is not None and not args.resume_weights_only
-    if checkpoint is not None and not full_resume:
-        try:
-            ckpt = load_weights(system, checkpoint)
-        except CheckpointError as err:
-            raise RunError(str(err)) from err
-        if action != "train":
-            # evaluate with the step-dependent state of the checkpoint's step (BaseSystem.apply_step_state)
-            system.restored_step = int(ckpt.get("global_step", 0))
-            was_training = system.training
-            system.eval()
-            system.apply_step_state()  # (for --export, which runs outside Lightning)
-            system.train(was_training)
-        log.info("loaded weights from %s", checkpoint)
+    try:
+        if full_resume:
+            check_checkpoint(system, checkpoint)  # Lightning restores it; first make sure it fits
+        elif checkpoint is not None:
+            restore_weights(system, checkpoint)
+            log.info("loaded weights from %s", checkpoint)
+    except CheckpointError as err:
+        raise RunError(str(err)) from err
 
-    trainer = build_trainer(cfg, run_paths, action, context)
     handoff = {}
     if rank_zero and trainer.world_size > 1:
         # the ranks Lightning's launcher starts from this process (inside fit/test) inherit these
@@ -249,7 +161,9 @@ def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: 
         elif action == "predict":
             trainer.predict(system, datamodule=datamodule, return_predictions=False)
         elif action == "export":
-            system.export_mesh(tag="export")
+            system.model.eval()
+            system.apply_step_state()  # (outside Lightning: the checkpoint's step-dependent state)
+            export_mesh(system.model, cfg.export, scene.scene_to_world, run_paths.save_dir, tag="export")
     except (DatasetError, CheckpointError) as err:
         raise RunError(str(err)) from err
     except TrainingInterrupted as err:

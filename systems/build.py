@@ -1,0 +1,162 @@
+"""The one way a run is put together, used by launch.py, the scripts and the tests:
+
+    config  ->  scene  ->  model + system  ->  datamodule  ->  callbacks + trainer
+
+``load_experiment`` reads and checks a config; ``build_run`` makes the parts of a run from it
+(with optional extra callbacks, e.g. a benchmark's timer). Nothing here trains: ``systems/run.py``
+(the command line's actions) or the caller decides what to do with the parts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import sys
+from typing import List, Sequence, Tuple
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+import datasets
+import models
+import systems
+from datasets.base import Scene
+from datasets.datamodule import SceneDataModule
+from models.rendering import visual_hull_cells
+from systems.base import BaseSystem, RunContext
+from systems.ray_budget import DynamicRayBudget
+from utils.callbacks import AtomicModelCheckpoint, ConsoleProgress, GracefulStop, NonFiniteStepGuard
+from utils.config import load_config, migrate_keys
+from utils.experiment import KEY_CHANGES, ExperimentConfig
+from utils.registry import parse_config
+from utils.run_dir import RunPaths
+
+log = logging.getLogger("launch")
+
+
+def load_experiment(config_path: str, overrides: Sequence[str] = ()) -> Tuple[DictConfig, ExperimentConfig]:
+    """(raw DictConfig, parsed ExperimentConfig) after merging bases and ``key=value`` overrides,
+    moving renamed keys and checking every key (ConfigError names each one at fault)."""
+    import datasets.registered  # noqa: F401  (fills the registries)
+    import models.registered  # noqa: F401
+    import systems.registered  # noqa: F401
+
+    raw = migrate_keys(load_config(config_path, overrides), KEY_CHANGES)
+    return raw, parse_config(ExperimentConfig, raw)
+
+
+@dataclasses.dataclass
+class RunParts:
+    """Everything a run is made of (see build_run)."""
+
+    cfg: ExperimentConfig
+    scene: Scene
+    system: BaseSystem
+    datamodule: SceneDataModule
+    trainer: pl.Trainer
+
+
+def build_scene(cfg: ExperimentConfig) -> Scene:
+    """The dataset's scene, normalized into the model's box (model.radius)."""
+    return datasets.make(cfg.dataset.name, cfg.dataset, scene_radius=cfg.model.radius, path="dataset")
+
+
+def build_system(cfg: ExperimentConfig, context: RunContext) -> BaseSystem:
+    model = models.make(cfg.model.name, cfg.model, path="model")
+    return systems.make(cfg.system.name, cfg.system, model, context, path="system")
+
+
+def start_grid_from_masks(system: BaseSystem, datamodule: SceneDataModule) -> None:
+    """model.grid.init_from_masks: carve the occupancy grid with the training masks' visual hull."""
+    model = system.model
+    if not model.cfg.grid.init_from_masks or model.grid is None:
+        return
+    train = datamodule.split("train")
+    if not train.has_mask:
+        log.warning("model.grid.init_from_masks is set but the training images have no masks: skipped")
+        return
+    kept = model.start_grid_from_hull(visual_hull_cells(model.grid, train.c2w, train.intrinsics, train.alpha))
+    log.info("occupancy grid started from the masks' visual hull: %.1f%% of the box kept", 100 * kept)
+
+
+def build_callbacks(cfg: ExperimentConfig, run_paths: RunPaths, action: str) -> List[pl.Callback]:
+    """The toolkit's own callbacks for ``action`` (train: checkpoints, graceful stop, ray budget,
+    NaN/inf guard, learning-rate monitor; always: a console progress line when not on a terminal)."""
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
+    interactive = cfg.trainer.enable_progress_bar and sys.stderr.isatty()
+    callbacks: List[pl.Callback] = [] if interactive else [ConsoleProgress()]
+    if action == "train":
+        callbacks += [
+            DynamicRayBudget.from_config(cfg.system),
+            NonFiniteStepGuard(cfg.system.max_consecutive_bad_steps),
+            LearningRateMonitor(logging_interval="step"),
+            AtomicModelCheckpoint(
+                dirpath=run_paths.ckpt_dir,
+                filename="step{step:07d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+                save_top_k=-1,
+                save_last=cfg.checkpoint.save_last,
+            ),
+            GracefulStop(run_paths.ckpt_dir),  # after the periodic checkpoints (both run last)
+        ]
+    return callbacks
+
+
+def build_trainer(cfg: ExperimentConfig, run_paths: RunPaths, callbacks: Sequence[pl.Callback]) -> pl.Trainer:
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from pytorch_lightning.strategies import DDPStrategy
+
+    t = cfg.trainer
+    logger = TensorBoardLogger(
+        save_dir=str(run_paths.tb_dir.parent.parent), name=cfg.name, version=run_paths.version, default_hp_metric=False
+    )
+    trainer = pl.Trainer(
+        max_steps=t.max_steps,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
+        num_sanity_val_steps=t.num_sanity_val_steps,
+        precision=t.precision,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        gradient_clip_val=t.gradient_clip_val,
+        enable_progress_bar=t.enable_progress_bar and sys.stderr.isatty(),  # else ConsoleProgress logs
+        deterministic=t.deterministic,
+        callbacks=list(callbacks),
+        logger=logger,
+        default_root_dir=str(run_paths.root),
+        enable_model_summary=False,
+    )
+    if isinstance(trainer.strategy, DDPStrategy) and hasattr(trainer.strategy, "_ddp_kwargs"):
+        # DDP would broadcast rank 0's buffers (the occupancy grid: megabytes) before every forward;
+        # the grid keeps the ranks equal itself (an all-reduce in OccupancyGrid.update)
+        from torch.nn.parallel import DistributedDataParallel
+
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        trainer.strategy._ddp_kwargs.setdefault(key, False)
+    return trainer
+
+
+def build_run(cfg: ExperimentConfig, run_paths: RunPaths, action: str = "train", *,
+              extra_callbacks: Sequence[pl.Callback] = (), scene: Scene = None) -> RunParts:
+    """Scene, system (with its model), datamodule and trainer of a run whose outputs go to
+    ``run_paths``. ``extra_callbacks`` run after the toolkit's own; ``scene`` skips loading it again."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    scene = scene if scene is not None else build_scene(cfg)
+    context = RunContext(save_dir=run_paths.save_dir, scene_to_world=scene.scene_to_world,
+                         gt_mesh_path=scene.gt_mesh_path, export=cfg.export)
+    system = build_system(cfg, context)
+    datamodule = SceneDataModule(scene, cfg.dataset, train_num_rays=cfg.system.train_num_rays, seed=cfg.seed)
+    if action == "train":
+        # before a checkpoint is restored (inside fit), so a resumed grid wins over a fresh hull
+        start_grid_from_masks(system, datamodule)
+    callbacks = build_callbacks(cfg, run_paths, action) + list(extra_callbacks)
+    trainer = build_trainer(cfg, run_paths, callbacks)
+    return RunParts(cfg=cfg, scene=scene, system=system, datamodule=datamodule, trainer=trainer)

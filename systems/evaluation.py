@@ -1,0 +1,103 @@
+"""What one evaluation pass over a split (validation, test, predict) produces: an image grid and
+metrics per image, video frames, and the files they are written to.
+
+In a distributed run each process renders its share of the images; a ``SplitRecorder`` gathers
+them (each image once, by index) and rank zero writes every file once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.outputs import RenderOutput
+from systems.metrics import load_lpips, psnr, ssim
+from utils.distributed import all_gather, gather_to_zero, is_distributed
+from utils.saving import colorize_scalar, image_row, save_image, to_uint8
+
+
+def image_grid(batch: Dict[str, Any], out: RenderOutput, h: int, w: int) -> Tensor:
+    """ground truth (when the batch has it) | render | depth | normal (NeuS) | opacity, as one
+    image [H, W_total, 3] from a whole image's rays (batch tensors [H*W, C], out per ray)."""
+    opacity = out.opacity.reshape(h, w)
+    panels = []
+    if "rgb" in batch:
+        panels.append(batch["rgb"].reshape(h, w, 3))
+    panels.append(out.rgb.reshape(h, w, 3))
+    panels.append(colorize_scalar(out.depth.reshape(h, w), mask=opacity))
+    if out.normal is not None:
+        normal = F.normalize(out.normal.reshape(h, w, 3), dim=-1)
+        panels.append(((normal + 1.0) * 0.5) * opacity[..., None] + (1.0 - opacity[..., None]))
+    panels.append(opacity[..., None].expand(h, w, 3))
+    return image_row(panels)
+
+
+def image_metrics(batch: Dict[str, Any], out: RenderOutput, h: int, w: int, with_lpips: bool = False) -> Dict[str, float]:
+    """PSNR and SSIM (and LPIPS, when asked and available) of a whole rendered image against the
+    batch's ground truth; {} when the batch has none."""
+    if "rgb" not in batch:
+        return {}
+    pred = out.rgb.reshape(h, w, 3).clamp(0, 1)
+    gt = batch["rgb"].reshape(h, w, 3)
+    metrics = {"psnr": float(psnr(pred, gt)), "ssim": float(ssim(pred, gt))}
+    if with_lpips:
+        lpips_fn, _ = load_lpips()
+        if lpips_fn is not None:
+            metrics["lpips"] = float(lpips_fn(pred, gt))
+    return metrics
+
+
+class SplitRecorder:
+    """Collects one pass over a split: images to write, video frames and per-image metric rows.
+
+    Paths are relative to the run's save folder, which rank zero joins them to when it writes.
+    On one process images are written at once; in a distributed run they wait for ``write_images``.
+    """
+
+    def __init__(self) -> None:
+        self.rows: List[Dict[str, float]] = []
+        self.frames: List[Tuple[int, np.ndarray]] = []  # (image index, frame) for the video
+        self._pending: List[Tuple[str, np.ndarray]] = []
+
+    def add_image(self, save_dir: Path, relative: str, img: Tensor) -> None:
+        if is_distributed():
+            self._pending.append((relative, to_uint8(img)))
+        else:
+            save_image(Path(save_dir) / relative, img)
+
+    def add_frame(self, index: int, img: Tensor) -> None:
+        self.frames.append((index, to_uint8(img)))
+
+    def add_row(self, index: int, metrics: Dict[str, float]) -> None:
+        if metrics:
+            self.rows.append({"index": index, **metrics})
+
+    def write_images(self, save_dir: Path) -> None:
+        """Distributed: rank zero writes the images every process rendered, each once."""
+        written = set()
+        for relative, img in (item for part in gather_to_zero(self._pending) for item in part):
+            if relative not in written:
+                written.add(relative)
+                save_image(Path(save_dir) / relative, img)
+        self._pending = []
+
+    def gathered_rows(self) -> List[Dict[str, float]]:
+        """The metric rows of every process (on every process), each image once, in image order."""
+        by_index: Dict[Any, Dict[str, float]] = {}
+        for row in (row for part in all_gather(list(self.rows)) for row in part):
+            by_index.setdefault(row.get("index"), row)
+        return [by_index[k] for k in sorted(by_index, key=lambda k: (k is None, k if k is not None else 0))]
+
+    def gathered_frames(self) -> List[np.ndarray]:
+        """Video frames of every process in image order, each once (on rank zero; [] elsewhere)."""
+        by_index: Dict[int, np.ndarray] = {}
+        for part in gather_to_zero(self.frames):
+            for index, frame in part:
+                by_index.setdefault(index, frame)
+        return [by_index[i] for i in sorted(by_index)]
+
+    def reset(self) -> None:
+        self.rows, self.frames, self._pending = [], [], []
