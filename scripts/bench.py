@@ -50,6 +50,7 @@ import torch  # noqa: E402
 
 import bench_fields  # noqa: E402
 import bench_rendering  # noqa: E402
+from measure import PeakMemory, StepClock, read_status_kb, timed  # noqa: E402
 
 MAIN_PRESET = "neus-synthetic"
 ALL_PRESETS = ["neus-synthetic", "neus-triplane-sso", "neus-blender", "nerf-blender"]
@@ -78,8 +79,8 @@ MODES: Dict[str, Dict[str, Any]] = {
 }
 
 # training overrides that shrink a preset for --tiny (as the tests' tiny runs)
-TINY_TRAIN = ["system.train_num_rays=128", "system.target_samples_per_step=8192", "model.grid_resolution=16",
-              "model.grid_warmup_steps=2", "model.grid_update_every=2", "model.eval_chunk_size=4096",
+TINY_TRAIN = ["system.train_num_rays=128", "system.target_samples_per_step=8192", "model.grid.resolution=16",
+              "model.grid.warmup_steps=2", "model.grid.update_every=2", "model.eval_chunk_size=4096",
               "system.train_num_rays_min=32"]
 
 log = logging.getLogger("bench")
@@ -114,44 +115,6 @@ def machine_info(device: torch.device) -> Dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
-
-
-class PeakMemory:
-    """Peak memory while the ``with`` block runs: the process's resident-set high-water mark
-    (Linux; reset at entry) and, on CUDA, the allocator's peak. MB; None where unmeasurable."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.rss_mb: Optional[float] = None
-        self.cuda_mb: Optional[float] = None
-
-    def __enter__(self) -> "PeakMemory":
-        gc.collect()
-        libc = bench_rendering._libc()
-        if libc is not None:
-            libc.malloc_trim(0)
-        self._rss_ok = bench_rendering._reset_peak()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._rss_ok:
-            kb = bench_rendering.read_status_kb("VmHWM")
-            self.rss_mb = None if kb is None else kb / 1024
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.cuda_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-
-    @property
-    def mb(self) -> Optional[float]:
-        """The figure to report: the CUDA peak on a GPU, else the resident-set peak."""
-        return self.cuda_mb if self.device.type == "cuda" else self.rss_mb
-
-
-def sync(device: torch.device) -> None:
-    bench_fields.synchronize(device)
 
 
 def median_or_none(values: Sequence[float]) -> Optional[float]:
@@ -197,104 +160,40 @@ def ensure_scene(scene: Dict[str, Any], scene_dir: Optional[str]) -> None:
     datasets.make("synthetic", opts, path="dataset")
 
 
-def build(preset: str, overrides: List[str], save_dir: Path):
-    """(cfg, system, datamodule) for a preset, built as launch.py builds them."""
-    import pytorch_lightning as pl
+def build(preset: str, overrides: List[str], save_dir: Path, device: torch.device, max_steps: int,
+          callbacks: Sequence = ()):
+    """The parts of a training run of ``preset`` for ``max_steps`` steps on ``device``, made by the
+    toolkit's own build path (systems/build.py) with the extra ``callbacks``; no validation, no
+    periodic checkpoints, outputs under ``save_dir``."""
+    from systems.build import build_run, load_experiment
+    from utils.run_dir import create_run
 
-    import datasets
-    import systems
-    from datasets.datamodule import SceneDataModule
-    from systems.base import RunContext
-    from utils.runner import load_experiment
-
-    _, cfg = load_experiment(str(REPO_ROOT / "configs" / f"{preset}.yaml"), overrides)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    scene = datasets.make(cfg.dataset.name, cfg.dataset, path="dataset")
-    context = RunContext(save_dir=save_dir, scene_to_world=scene.scene_to_world,
-                         gt_mesh_path=scene.gt_mesh_path, export=cfg.export)
-    system = systems.make(cfg.system.name, cfg.system, cfg.model, context, path="system")
-    dm = SceneDataModule(scene, cfg.dataset, train_num_rays=system.initial_train_num_rays, seed=cfg.seed)
-    system.datamodule_ref = dm
-    return cfg, system, dm
-
-
-def make_trainer(device: torch.device, max_steps: int, callbacks: list, precision: str = "32-true"):
-    import pytorch_lightning as pl
-
-    accel = "gpu" if device.type == "cuda" else "cpu"
-    devices = [device.index or 0] if device.type == "cuda" else 1
-    return pl.Trainer(
-        max_steps=max_steps, accelerator=accel, devices=devices, precision=precision, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, callbacks=callbacks,
-    )
-
-
-def _step_timer_class():
-    import pytorch_lightning as pl
-
-    class StepTimer(pl.Callback):
-        """Wall time between the ends of consecutive training steps (data fetch, forward, backward,
-        optimizer and grid updates: the whole step) and the samples each step rendered."""
-
-        def __init__(self, device: torch.device):
-            self.device = device
-            self.times: List[float] = []
-            self.samples: List[float] = []
-            self._last: Optional[float] = None
-            self._hook = None
-            self._n: Optional[float] = None
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            def hook(_module, _inputs, out):
-                if isinstance(out, dict) and "num_samples" in out:
-                    self._n = float(out["num_samples"])
-
-            self._hook = pl_module.model.register_forward_hook(hook)
-            sync(self.device)
-            self._last = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            sync(self.device)
-            now = time.perf_counter()
-            self.times.append(now - self._last)
-            self.samples.append(self._n if self._n is not None else float("nan"))
-            self._n = None
-            self._last = time.perf_counter()
-
-        def on_train_end(self, trainer, pl_module) -> None:
-            if self._hook is not None:
-                self._hook.remove()
-
-    return StepTimer
+    if device.type == "cuda":
+        accel = ["trainer.accelerator=gpu", f"trainer.devices=[{device.index or 0}]"]
+    else:
+        accel = ["trainer.accelerator=cpu", "trainer.devices=1"]
+    never = 10**9
+    _, cfg = load_experiment(str(REPO_ROOT / "configs" / f"{preset}.yaml"), [
+        *overrides, *accel, f"trainer.max_steps={max_steps}", "trainer.limit_val_batches=0",
+        f"trainer.val_check_interval={never}", f"checkpoint.every_n_train_steps={never}",
+        "checkpoint.save_last=false", "trainer.enable_progress_bar=false"])
+    run_paths = create_run(save_dir / "exp", save_dir / "runs", cfg.name, "bench")
+    return build_run(cfg, run_paths, "train", extra_callbacks=callbacks)
 
 
 def bench_train(preset: str, overrides: List[str], device: torch.device, warmup: int, steps: int,
                 save_dir: Path, val_reps: int, val_warmup: int = 1) -> Dict[str, Any]:
     """Training-step throughput of a preset (median over the steps after ``warmup``), then the
     time to render one validation image with the trained weights. Returns figures and the
-    trained (cfg, system) for meshing."""
-    cfg, system, dm = build(preset, overrides, save_dir)
-    timer = _step_timer_class()(device)
-    trainer = make_trainer(device, warmup + steps, [timer], cfg.trainer.precision)
+    trained run's parts for meshing."""
+    clock = StepClock()
+    parts = build(preset, overrides, save_dir, device, warmup + steps, [clock])
     with PeakMemory(device) as mem:
-        trainer.fit(system, datamodule=dm)
-    times = timer.times[warmup:]
-    samples = timer.samples[warmup:]
-    rates = [s / t for s, t in zip(samples, times) if math.isfinite(s) and t > 0]
-    step_s = median_or_none(times)
-    out: Dict[str, Any] = {
-        "preset": preset,
-        "timed_steps": len(times),
-        "warmup_steps": warmup,
-        "step_s": step_s,
-        "steps_per_s": None if not step_s else 1.0 / step_s,
-        "samples_per_s": median_or_none(rates),
-        "samples_per_step": median_or_none([s for s in samples if math.isfinite(s)]),
-        "train_peak_mb": mem.mb,
-    }
-    out.update(bench_val_render(system, dm, device, val_reps, val_warmup))
-    return out, cfg, system
+        parts.trainer.fit(parts.system, datamodule=parts.datamodule)
+    out: Dict[str, Any] = {"preset": preset, "timed_steps": len(clock.times[warmup:]), "warmup_steps": warmup,
+                           **clock.summary(skip=warmup), "train_peak_mb": mem.mb}
+    out.update(bench_val_render(parts.system, parts.datamodule, device, val_reps, val_warmup))
+    return out, parts
 
 
 @torch.no_grad()
@@ -308,18 +207,19 @@ def bench_val_render(system, dm, device: torch.device, reps: int, warmup: int = 
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in dataset[0].items()}
     n_rays = batch["rays_o"].shape[0]
     with PeakMemory(device) as mem:
-        times = bench_fields.timed(lambda: system.render_image(batch), reps, warmup=warmup, device=device)
+        times = timed(lambda: system.render_image(batch), reps, warmup=warmup, device=device)
     t = statistics.median(times)
     return {"val_image_rays": n_rays, "render_val_s": t, "render_val_rays_per_s": n_rays / t,
             "render_val_peak_mb": mem.mb}
 
 
 @torch.no_grad()
-def bench_mesh(cfg, system, device: torch.device, resolutions: Sequence[int], reps: int) -> Dict[str, Any]:
+def bench_mesh(parts, device: torch.device, resolutions: Sequence[int], reps: int) -> Dict[str, Any]:
     """Marching cubes of the trained field (as --export does, without colours or the file), at each
     resolution: median seconds, faces, peak memory."""
     from models.isosurface import EmptySurfaceError, extract_isosurface
 
+    cfg, system = parts.cfg, parts.system
     system.to(device)
     system.eval()
     model = system.model
@@ -336,7 +236,7 @@ def bench_mesh(cfg, system, device: torch.device, resolutions: Sequence[int], re
                                             backend=cfg.export.backend)]
         try:
             with PeakMemory(device) as mem:
-                times = bench_fields.timed(extract, reps, warmup=0, device=device)
+                times = timed(extract, reps, warmup=0, device=device)
         except EmptySurfaceError as err:
             out[f"mesh_{res}"] = {"s": None, "faces": None, "peak_mb": None, "note": f"no surface: {err}"}
             continue
@@ -349,69 +249,52 @@ def time_to_quality(overrides: List[str], device: torch.device, thresholds: Sequ
     """Train the main preset; every ``every`` steps render ``n_images`` test views (evenly spaced)
     and take their mean PSNR; record the first step (and training seconds, evaluation excluded)
     at which it reaches each threshold. Stops when all are reached or at max_steps.
-    Returns (figures, cfg, the trained system)."""
-    import pytorch_lightning as pl
-
+    Returns (figures, the trained run's parts)."""
     from datasets.datamodule import ImageRays
-    from systems.metrics import psnr
+    from systems.build import build_scene, load_experiment
+    from systems.evaluation import image_metrics
 
-    extra = [f"seed={seed}"] + ([f"trainer.max_steps={max_steps}"] if max_steps else [])
-    cfg, system, dm = build(MAIN_PRESET, overrides + extra, save_dir)
-    test = dm.split("test")
+    extra = [f"seed={seed}"]
+    _, cfg = load_experiment(str(REPO_ROOT / "configs" / f"{MAIN_PRESET}.yaml"), overrides + extra)
+    test = build_scene(cfg).load_split("test")
     if test.rgb is None:
-        return {"note": "the test split has no ground truth"}, cfg, None
+        return {"note": "the test split has no ground truth"}, None
     idx = sorted({round(i * (len(test) - 1) / max(1, n_images - 1)) for i in range(min(n_images, len(test)))})
-    images = ImageRays(test, dm.cfg.eval_background)
-    h, w = test.height, test.width
+    images = ImageRays(test, cfg.dataset.eval_background)
+    curve: List[Dict[str, float]] = []
+    reached: Dict[float, Dict[str, float]] = {}
 
-    class Probe(pl.Callback):
-        def __init__(self):
-            self.train_s = 0.0
-            self.curve: List[Dict[str, float]] = []
-            self.reached: Dict[float, Dict[str, float]] = {}
+    @torch.no_grad()
+    def evaluate(trainer, pl_module, clock: StepClock) -> None:
+        step = trainer.global_step
+        if step % every != 0 and step < trainer.max_steps:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        values = []
+        for i in idx:
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in images[i].items()}
+            out = pl_module.render_image(batch)
+            values.append(image_metrics(batch, out, batch["height"], batch["width"])["psnr"])
+        pl_module.train(was_training)
+        value = sum(values) / len(values)
+        curve.append({"step": step, "train_s": clock.train_s, "psnr": value})
+        for thr in thresholds:
+            if thr not in reached and value >= thr:
+                reached[thr] = {"steps": step, "s": clock.train_s}
+        if len(reached) == len(thresholds):
+            trainer.should_stop = True
 
-        def on_train_start(self, trainer, pl_module):
-            sync(device)
-            self._last = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            sync(device)
-            self.train_s += time.perf_counter() - self._last
-            step = trainer.global_step
-            if step % every == 0 or step >= trainer.max_steps:
-                value = self.evaluate(pl_module)
-                self.curve.append({"step": step, "train_s": self.train_s, "psnr": value})
-                for thr in thresholds:
-                    if thr not in self.reached and value >= thr:
-                        self.reached[thr] = {"steps": step, "s": self.train_s}
-                if len(self.reached) == len(thresholds):
-                    trainer.should_stop = True
-            sync(device)
-            self._last = time.perf_counter()
-
-        @torch.no_grad()
-        def evaluate(self, pl_module) -> float:
-            was_training = pl_module.training
-            pl_module.eval()
-            values = []
-            for i in idx:
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in images[i].items()}
-                out = pl_module.render_image(batch)
-                pred = out["rgb"].reshape(h, w, 3).clamp(0, 1)
-                values.append(float(psnr(pred, batch["rgb"].reshape(h, w, 3))))
-            pl_module.train(was_training)
-            return sum(values) / len(values)
-
-    probe = Probe()
-    trainer = make_trainer(device, cfg.trainer.max_steps, [probe], cfg.trainer.precision)
+    steps = max_steps or cfg.trainer.max_steps
+    parts = build(MAIN_PRESET, overrides + extra, save_dir, device, steps, [StepClock(on_step=evaluate)])
     with PeakMemory(device) as mem:
-        trainer.fit(system, datamodule=dm)
-    out: Dict[str, Any] = {"test_views": idx, "eval_every": every, "max_steps": cfg.trainer.max_steps,
-                           "curve": probe.curve, "peak_mb": mem.mb}
+        parts.trainer.fit(parts.system, datamodule=parts.datamodule)
+    out: Dict[str, Any] = {"test_views": idx, "eval_every": every, "max_steps": steps, "curve": curve,
+                           "peak_mb": mem.mb}
     for thr in thresholds:
-        hit = probe.reached.get(thr)
+        hit = reached.get(thr)
         out[f"{thr:g}"] = hit if hit else {"steps": None, "s": None}
-    return out, cfg, system
+    return out, parts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -440,7 +323,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     device = pick_device(args.device)
     reps = size["reps"]
     res: Dict[str, Any] = {"mode": mode, "device": str(device), "machine": machine_info(device), "reps": reps}
-    kb = bench_rendering.read_status_kb("VmRSS")
+    kb = read_status_kb("VmRSS")
     res["rss_baseline_mb"] = None if kb is None else kb / 1024  # the process after imports, before any part
     started = time.perf_counter()
 
@@ -490,8 +373,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         ensure_scene(scene, scene_dir)
         for i, preset in enumerate(size["presets"]):
             overrides = scene_overrides(preset, scene, scene_dir) + tiny + list(args.override)
-            fig, cfg, system = bench_train(preset, overrides, device, size["train_warmup"], size["train_steps"],
-                                           Path(tmp) / preset, reps, size["val_warmup"])
+            fig, parts = bench_train(preset, overrides, device, size["train_warmup"], size["train_steps"],
+                                     Path(tmp) / preset, reps, size["val_warmup"])
             res["train"][preset] = fig
             if i == 0:
                 res["train_preset"] = preset
@@ -500,9 +383,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 res["train_peak_mb"] = fig["train_peak_mb"]
                 res["render_val_rays_per_s"] = fig["render_val_rays_per_s"]
                 res["render_val_s"] = fig["render_val_s"]
-                mesh_model = (cfg, system, f"{preset} after {size['train_warmup'] + size['train_steps']} steps")
-                res["render_val_model"] = mesh_model[2]
-            del system
+                mesh_model = (parts, f"{preset} after {size['train_warmup'] + size['train_steps']} steps")
+                res["render_val_model"] = mesh_model[1]
+            del parts
             gc.collect()
 
         # time to quality
@@ -514,13 +397,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             runs = []
             for rep in range(args.ttq_reps):
                 overrides = scene_overrides(MAIN_PRESET, scene, scene_dir) + tiny + list(args.override)
-                run_, cfg, system = time_to_quality(overrides, device, thresholds, args.ttq_every, args.ttq_images,
-                                                    args.ttq_max_steps, args.ttq_seed + rep, Path(tmp) / f"ttq{rep}")
+                run_, parts = time_to_quality(overrides, device, thresholds, args.ttq_every, args.ttq_images,
+                                              args.ttq_max_steps, args.ttq_seed + rep, Path(tmp) / f"ttq{rep}")
                 runs.append(run_)
-                if rep == 0 and system is not None:  # mesh a trained model rather than a barely trained one
-                    mesh_model = (cfg, system, f"{MAIN_PRESET} after its time-to-quality run "
-                                               f"({run_['curve'][-1]['step'] if run_.get('curve') else '?'} steps)")
-                del system
+                if rep == 0 and parts is not None:  # mesh a trained model rather than a barely trained one
+                    mesh_model = (parts, f"{MAIN_PRESET} after its time-to-quality run "
+                                         f"({run_['curve'][-1]['step'] if run_.get('curve') else '?'} steps)")
+                del parts
             res["ttq"] = runs
             for thr in thresholds:
                 # a run that never got there counts as infinitely slow
@@ -532,15 +415,15 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
         # a validation image and mesh extraction with the main preset's most trained model
         if mesh_model is not None and res.get("ttq"):
-            cfg, system, what = mesh_model
-            fig = bench_val_render(system, system.datamodule_ref, device, reps, size["val_warmup"])
+            parts, what = mesh_model
+            fig = bench_val_render(parts.system, parts.datamodule, device, reps, size["val_warmup"])
             res.update(render_val_model=what, render_val_rays_per_s=fig["render_val_rays_per_s"],
                        render_val_s=fig["render_val_s"], render_val_peak_mb=fig["render_val_peak_mb"],
                        render_val_rays=fig["val_image_rays"])
         if mesh_model is not None and size["mesh_res"]:
-            cfg, system, what = mesh_model
+            parts, what = mesh_model
             res["mesh_model"] = what
-            res["mesh"] = bench_mesh(cfg, system, device, size["mesh_res"], size["mesh_reps"])
+            res["mesh"] = bench_mesh(parts, device, size["mesh_res"], size["mesh_reps"])
             for key, m in res["mesh"].items():
                 res[f"{key}_s"] = m["s"]
         mesh_model = None

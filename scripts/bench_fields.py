@@ -21,10 +21,10 @@ import os
 import platform
 import statistics
 import sys
-import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -33,28 +33,9 @@ from models.encodings import encodings  # noqa: E402
 from models.encodings import registered as _enc  # noqa: E402,F401
 from models.networks import networks  # noqa: E402
 from models.networks import registered as _net  # noqa: E402,F401
+from measure import synchronize, timed  # noqa: E402,F401  (re-exported for the other scripts)
 
 N_OUT = 16
-
-
-def synchronize(device) -> None:
-    """Wait for queued kernels (CUDA), so wall-clock timings cover the work."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], None], reps: int, warmup: int = 1, device="cpu") -> List[float]:
-    """Wall-clock seconds of ``reps`` calls of fn after ``warmup`` calls (synchronized on CUDA)."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        synchronize(device)
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def matmul_gflops(reps: int, device="cpu", size: int = 1024) -> float:

@@ -17,23 +17,21 @@ each call, in a fresh process per ray count with glibc returning freed blocks; L
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from measure import fix_mmap_threshold, peak_extra_bytes, timed  # noqa: E402
 from models.rendering import (  # noqa: E402
     OccupancyGrid,
     accumulate_along_rays,
@@ -44,59 +42,6 @@ from models.rendering import (  # noqa: E402
 BOX = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
 STEP = math.sqrt(3) * 2 / 1024
 SHELL_RADIUS, SHELL_HALF_WIDTH = 0.6, 0.04
-
-
-# ------------------------------------------------------------------------------------------------
-# memory: resident-set high-water mark (Linux)
-# ------------------------------------------------------------------------------------------------
-def _libc():
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def _fixed_mmap_threshold() -> None:
-    """Make glibc serve large blocks with mmap and give them back on free, so the resident set
-    follows the live tensors instead of keeping freed heap pages."""
-    libc = _libc()
-    if libc is not None:
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (fixing it also stops dynamic raising)
-        libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
-
-
-def read_status_kb(field: str) -> Optional[int]:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
-        return True
-    except OSError:
-        return False
-
-
-def peak_extra_bytes(fn: Callable[[], object]) -> Optional[int]:
-    """Peak resident memory above the starting level while fn runs (None if unmeasurable)."""
-    gc.collect()
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)  # hand freed heap pages back, so the start level is the live memory
-    if not _reset_peak():
-        return None
-    start = read_status_kb("VmRSS")
-    fn()
-    peak = read_status_kb("VmHWM")
-    if start is None or peak is None:
-        return None
-    return (peak - start) * 1024
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,23 +109,10 @@ def field_fwd_bwd(field, x):
     (sigma.mean() + rgb.mean()).backward()
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_ms(fn, reps: int, warmup: int = 1, device="cpu"):
     """(median, min) wall time in ms over reps calls after warm-up calls (the min is less
     sensitive to other processes on a shared machine); synchronized on CUDA."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
+    times = timed(fn, reps, warmup=warmup, device=device)
     return statistics.median(times) * 1e3, min(times) * 1e3
 
 
@@ -240,7 +172,7 @@ def run(n_rays: int, reps: int, device="cpu", backend: str = "torch", memory: bo
 def measure_memory(n_rays: int) -> Dict[str, object]:
     """Peak memory (above the level before each call) of marching, of compositing fwd+bwd and of
     both together, for n_rays rays; meant to run in a fresh process, after one warm-up run."""
-    _fixed_mmap_threshold()
+    fix_mmap_threshold()
     grid = make_grid()
     grid.pyramid()
     rays_o, rays_d = make_rays(n_rays, seed=1)

@@ -45,7 +45,7 @@ for _p in (REPO_ROOT, REPO_ROOT / "scripts"):
         sys.path.insert(0, str(_p))
 
 from bench import cpu_model  # noqa: E402  (the machine description bench.py prints too)
-from bench_rendering import read_status_kb  # noqa: E402
+from measure import read_status_kb, reset_peak_rss  # noqa: E402
 
 INNER = "model.geometry.xyz_encoding.inner"
 
@@ -78,23 +78,17 @@ REPRESENTATIONS: Dict[str, Dict[str, Any]] = {
 # child: one training run through launch.py, measured by a callback added to its Trainer
 # ------------------------------------------------------------------------------------------------
 def _probe_class():
-    import pytorch_lightning as pl
     import torch
 
-    class Probe(pl.Callback):
-        """Parameters, per-step wall time (between the ends of consecutive training steps; the
-        clock restarts after validation), the time budget, and the peak memory of training."""
+    from measure import StepClock
+
+    class Probe(StepClock):
+        """The step clock (with the time budget) plus parameter counts, the run's save folder and
+        the peak memory of training."""
 
         def __init__(self, seconds: Optional[float], record: Dict[str, Any]):
-            self.seconds = seconds
+            super().__init__(seconds=seconds)
             self.record = record
-            self.times: List[float] = []
-            self._last = 0.0
-            self._cuda = False
-
-        def _sync(self) -> None:
-            if self._cuda:
-                torch.cuda.synchronize()
 
         def on_train_start(self, trainer, pl_module) -> None:
             model = pl_module.model
@@ -105,63 +99,36 @@ def _probe_class():
                 model_params=sum(p.numel() for p in model.parameters()),
                 model_param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
                 encoding=type(getattr(enc, "inner", enc)).__name__,
+                save_dir=str(pl_module.context.save_dir),
+                run_dir=str(pl_module.context.save_dir.parent),
             )
-            self._cuda = pl_module.device.type == "cuda"
-            try:  # measure the training's own peak, not the scene loading's
-                Path("/proc/self/clear_refs").write_text("5")
-                self.record["rss_reset"] = True
-            except OSError:
-                self.record["rss_reset"] = False
-            if self._cuda:
+            # measure the training's own peak, not the scene loading's
+            self.record["rss_reset"] = reset_peak_rss()
+            if pl_module.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            self._sync()
-            self._last = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self._sync()
-            now = time.perf_counter()
-            self.times.append(now - self._last)
-            self._last = now
-            if self.seconds is not None and sum(self.times) >= self.seconds:
-                trainer.should_stop = True
-
-        def on_validation_end(self, trainer, pl_module) -> None:
-            if trainer.training:
-                self._sync()
-                self._last = time.perf_counter()
+            super().on_train_start(trainer, pl_module)
 
         def on_train_end(self, trainer, pl_module) -> None:
             kb = read_status_kb("VmHWM")
+            cuda = pl_module.device.type == "cuda"
             self.record.update(
                 steps=int(trainer.global_step),
-                train_s=sum(self.times),
+                train_s=self.train_s,
                 step_s=statistics.median(self.times[1:] or self.times) if self.times else None,
                 peak_train_rss_mb=None if kb is None else kb / 1024,
-                peak_train_cuda_mb=torch.cuda.max_memory_allocated() / 2**20 if self._cuda else None,
+                peak_train_cuda_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
             )
 
     return Probe
 
 
 def child_main(spec_path: str) -> int:
-    """Run launch.py in this process with a Probe on its Trainer; write the figures as JSON."""
+    """Run launch.py in this process with a Probe among its callbacks; write the figures as JSON."""
     import launch
-    import utils.runner as runner
 
     spec = json.loads(Path(spec_path).read_text())
     record: Dict[str, Any] = {}
-    original = runner.build_trainer
-
-    def build_trainer(cfg, run_paths, action, *args, **kwargs):
-        trainer = original(cfg, run_paths, action, *args, **kwargs)
-        record["run_dir"] = str(run_paths.root)
-        record["save_dir"] = str(run_paths.save_dir)
-        if action == "train":
-            trainer.callbacks.insert(0, _probe_class()(spec["seconds"], record))
-        return trainer
-
-    runner.build_trainer = build_trainer
-    code = launch.main(spec["argv"])
+    code = launch.main(spec["argv"], extra_callbacks=[_probe_class()(spec["seconds"], record)])
     record["exit_code"] = code
     if code == 0 and "save_dir" in record:
         metrics = sorted(Path(record["save_dir"]).glob("test_metrics_step*.json"))
