@@ -98,7 +98,7 @@ class BaseSystem(pl.LightningModule):
         for name, w in self.loss_weights().items():
             check_weight(w, f"system.loss.{name}")
         try:
-            from utils.geometry_metrics import mesh_region
+            from utils.mesh import mesh_region
 
             mesh_region(cfg.eval_mesh_region)
         except ValueError as err:
@@ -512,8 +512,7 @@ class BaseSystem(pl.LightningModule):
     @torch.no_grad()
     def export_mesh(self, tag: str) -> List[Path]:
         """Marching cubes of the model's surface, coloured, in world coordinates -> saved paths."""
-        from models.isosurface import extract_isosurface
-        from utils.mesh_io import save_mesh
+        from utils.mesh import extract_isosurface, save_mesh
 
         cfg = self.context.export
         was_training = self.model.training
@@ -545,7 +544,7 @@ class BaseSystem(pl.LightningModule):
         """Accuracy / completeness / Chamfer / F-score of the exported mesh against the ground truth."""
         if not self.context.gt_mesh_path or not mesh_paths or not self.context.export.world_coordinates:
             return None
-        from utils.geometry_metrics import evaluate_mesh, mesh_region
+        from utils.mesh import evaluate_mesh, mesh_region
 
         region = mesh_region(self.cfg.eval_mesh_region)
         metrics = evaluate_mesh(

@@ -1,11 +1,11 @@
-"""Mesh files (PLY/OBJ with vertex colours) and similarity transforms."""
+"""Mesh files (PLY/OBJ with vertex colours) and the Mesh container's similarity transforms."""
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from utils.mesh_io import Mesh, apply_similarity, check_similarity, load_mesh, save_mesh
+from utils.mesh import Mesh, apply_similarity, check_similarity, load_mesh, save_mesh
 
 
 def tetra_mesh(colors=True, seed=0):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from utils.mesh_io import Mesh
+from utils.mesh.mesh import Mesh
 
 __all__ = [
     "Mesh",

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import models.isosurface as iso
-from models.isosurface import (
+import utils.mesh.extract as iso
+from utils.mesh import (
     EmptySurfaceError,
     Mesh,
     NonFiniteFieldError,

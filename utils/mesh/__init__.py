@@ -1,0 +1,52 @@
+"""Triangle meshes: extraction from a field, the Mesh container, files and geometry metrics.
+
+Modules (each importable on its own; optional libraries are imported inside the functions that
+need them, so importing this package never fails without them):
+
+- ``extract``: chunked, coarse-to-fine marching cubes of a field given as a plain callable.
+- ``mesh``: the ``Mesh`` container and similarity transforms.
+- ``io``: reading and writing mesh files.
+- ``metrics``: accuracy / completeness / Chamfer / F-score against a ground truth.
+"""
+from utils.mesh.extract import (
+    EmptySurfaceError,
+    NonFiniteFieldError,
+    extract_isosurface,
+    marching_cubes,
+    torchmcubes_available,
+)
+from utils.mesh.io import SUPPORTED_SAVE_EXTENSIONS, load_mesh, load_trimesh, save_mesh
+from utils.mesh.mesh import Mesh, apply_similarity, check_similarity
+from utils.mesh.metrics import (
+    Box,
+    Sphere,
+    as_region,
+    evaluate_mesh,
+    load_points,
+    mesh_distance_metrics,
+    mesh_region,
+    sample_surface,
+)
+
+__all__ = [
+    "Box",
+    "EmptySurfaceError",
+    "Mesh",
+    "NonFiniteFieldError",
+    "SUPPORTED_SAVE_EXTENSIONS",
+    "Sphere",
+    "apply_similarity",
+    "as_region",
+    "check_similarity",
+    "evaluate_mesh",
+    "extract_isosurface",
+    "load_mesh",
+    "load_points",
+    "load_trimesh",
+    "marching_cubes",
+    "mesh_distance_metrics",
+    "mesh_region",
+    "sample_surface",
+    "save_mesh",
+    "torchmcubes_available",
+]
