@@ -3,18 +3,16 @@
 Modules (each importable on its own; optional libraries are imported inside the functions that
 need them, so importing this package never fails without them):
 
-- ``extract``: chunked, coarse-to-fine marching cubes of a field given as a plain callable.
+- ``extract``: isosurface of a field given as a plain callable, in one pass or block by block.
+- ``backends``: marching cubes of a dense grid (PyMCubes, optional torchmcubes).
+- ``grid``: sampling a field on a regular grid in chunks.
 - ``mesh``: the ``Mesh`` container and similarity transforms.
 - ``io``: reading and writing mesh files.
 - ``metrics``: accuracy / completeness / Chamfer / F-score against a ground truth.
 """
-from utils.mesh.extract import (
-    EmptySurfaceError,
-    NonFiniteFieldError,
-    extract_isosurface,
-    marching_cubes,
-    torchmcubes_available,
-)
+from utils.mesh.backends import NonFiniteFieldError, marching_cubes, torchmcubes_available
+from utils.mesh.extract import DEFAULT_BLOCK_SIZE, extract_isosurface
+from utils.mesh.grid import EmptySurfaceError
 from utils.mesh.io import SUPPORTED_SAVE_EXTENSIONS, load_mesh, load_trimesh, save_mesh
 from utils.mesh.mesh import Mesh, apply_similarity, check_similarity
 from utils.mesh.metrics import (
@@ -30,6 +28,7 @@ from utils.mesh.metrics import (
 
 __all__ = [
     "Box",
+    "DEFAULT_BLOCK_SIZE",
     "EmptySurfaceError",
     "Mesh",
     "NonFiniteFieldError",
