@@ -1,4 +1,5 @@
-"""Triangle meshes: extraction from a field, the Mesh container, files and geometry metrics.
+"""Triangle meshes: extraction from a field, the Mesh container, clean-up, decimation, files
+and geometry metrics.
 
 Modules (each importable on its own; optional libraries are imported inside the functions that
 need them, so importing this package never fails without them):
@@ -6,11 +7,21 @@ need them, so importing this package never fails without them):
 - ``extract``: isosurface of a field given as a plain callable, in one pass or block by block.
 - ``backends``: marching cubes of a dense grid (PyMCubes, optional torchmcubes).
 - ``grid``: sampling a field on a regular grid in chunks.
-- ``mesh``: the ``Mesh`` container and similarity transforms.
-- ``io``: reading and writing mesh files.
+- ``mesh``: the ``Mesh`` container (vertex colours or UVs + texture) and similarity transforms.
+- ``cleanup``: dropping small disconnected pieces, filling small holes (scipy, trimesh).
+- ``decimate``: simplification to a face budget (fast-simplification).
+- ``io``: reading and writing PLY, OBJ (+MTL+PNG) and GLB files.
 - ``metrics``: accuracy / completeness / Chamfer / F-score against a ground truth.
 """
 from utils.mesh.backends import NonFiniteFieldError, marching_cubes, torchmcubes_available
+from utils.mesh.cleanup import (
+    CleanupReport,
+    clean_mesh,
+    component_labels,
+    fill_small_holes,
+    remove_small_components,
+)
+from utils.mesh.decimate import decimate
 from utils.mesh.extract import DEFAULT_BLOCK_SIZE, extract_isosurface
 from utils.mesh.grid import EmptySurfaceError
 from utils.mesh.io import SUPPORTED_SAVE_EXTENSIONS, load_mesh, load_trimesh, save_mesh
@@ -28,6 +39,7 @@ from utils.mesh.metrics import (
 
 __all__ = [
     "Box",
+    "CleanupReport",
     "DEFAULT_BLOCK_SIZE",
     "EmptySurfaceError",
     "Mesh",
@@ -37,14 +49,19 @@ __all__ = [
     "apply_similarity",
     "as_region",
     "check_similarity",
+    "clean_mesh",
+    "component_labels",
+    "decimate",
     "evaluate_mesh",
     "extract_isosurface",
+    "fill_small_holes",
     "load_mesh",
     "load_points",
     "load_trimesh",
     "marching_cubes",
     "mesh_distance_metrics",
     "mesh_region",
+    "remove_small_components",
     "sample_surface",
     "save_mesh",
     "torchmcubes_available",

@@ -1,13 +1,17 @@
-"""Mesh files: PLY/OBJ with vertex colours, and reading anything trimesh reads.
+"""Mesh files: PLY/OBJ with vertex colours, OBJ+MTL+PNG and GLB with a UV texture, and
+reading anything trimesh reads.
 
 ``save_mesh`` picks the format from the file extension:
 
 - ``.ply``: binary little-endian PLY; ``float x y z`` per vertex, plus ``uchar red green blue``
   when the mesh has vertex colours; faces as ``list uchar int vertex_indices``.
 - ``.obj``: text OBJ; vertex colours as three extra floats in [0, 1] on each ``v`` line
-  (``v x y z r g b``), which MeshLab and trimesh read; 1-based ``f a b c`` faces.
+  (``v x y z r g b``), which MeshLab and trimesh read; 1-based ``f a b c`` faces. A textured
+  mesh instead gets ``vt`` lines and a material file and PNG next to the OBJ.
+- ``.glb``: binary glTF with the texture (or vertex colours).
 
-``load_mesh`` reads whatever trimesh reads (PLY, OBJ, STL, OFF, GLB, ...), vertex order kept.
+``load_mesh`` reads whatever trimesh reads (PLY, OBJ, STL, OFF, GLB, ...), vertex order kept,
+with vertex colours or UVs and the base colour texture.
 Vertex colours are stored as float32 in [0, 1]; PLY files keep them as 8-bit values, so a round
 trip is exact to 1/255 (loading goes through trimesh, which also keeps 8 bits for OBJ colours).
 
@@ -29,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PathLike = Union[str, os.PathLike]
 
-SUPPORTED_SAVE_EXTENSIONS = (".ply", ".obj")
+SUPPORTED_SAVE_EXTENSIONS = (".ply", ".obj", ".glb")
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,10 +92,20 @@ def _write_rows(f, line: str, data: np.ndarray, rows_per_block: int = 100_000) -
         f.write((line * len(block) % tuple(block.ravel().tolist())).encode("ascii"))
 
 
-def save_mesh(path: PathLike, mesh: Union[Mesh, "trimesh.Trimesh"]) -> Path:
-    """Write ``mesh`` to ``path`` as PLY (binary) or OBJ, chosen by the extension.
+def save_mesh(path: PathLike, mesh: Union[Mesh, "trimesh.Trimesh"], unlit: bool = True) -> Path:
+    """Write ``mesh`` to ``path``; the format follows the extension:
 
-    Parent folders are created. The file is written to a temporary name next to ``path`` and
+    - ``.ply``: binary PLY with vertex colours when the mesh has them (a texture is not written).
+    - ``.obj``: a textured mesh writes OBJ (``vt`` per vertex, ``f a/a b/b c/c``) + ``<stem>.mtl``
+      + ``<stem>.png`` next to it (``map_Kd``, white ``Kd``, no specular); otherwise a single OBJ
+      with vertex colours as extra ``v`` floats.
+    - ``.glb``: binary glTF 2.0 (written by trimesh): a textured mesh as ``TEXCOORD_0`` + a PNG
+      ``baseColorTexture`` (v flipped to glTF's v-down), else ``COLOR_0`` vertex colours when
+      present. With ``unlit`` (default) the material carries ``KHR_materials_unlit``: baked
+      colours are what the scene looked like, so viewers should show them without lighting
+      them again (viewers without the extension fall back to metallic 0, roughness 1).
+
+    Parent folders are created. Each file is written to a temporary name next to ``path`` and
     renamed at the end, so an interrupted write leaves no half file. Returns the path.
     Raises ``ValueError`` for an unknown extension and ``OSError`` naming the path when it
     cannot be written.
@@ -113,22 +127,39 @@ def save_mesh(path: PathLike, mesh: Union[Mesh, "trimesh.Trimesh"]) -> Path:
         raise ValueError(f"cannot save mesh to '{path}': too many vertices for int32 PLY indices")
     colors = None if mesh.vertex_colors is None else mesh.vertex_colors
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if ancestor.exists() and not ancestor.is_dir():
         raise NotADirectoryError(
             f"cannot write mesh to '{path}': '{ancestor}' is a file, not a folder")
+    if ext == ".glb":
+        files = {path: _glb_bytes(mesh, unlit)}
+    elif ext == ".obj" and mesh.texture is not None:
+        files = _textured_obj_files(path, mesh)
+    elif ext == ".ply":
+        c8 = None if colors is None else _colors_uint8(colors)
+        files = {path: lambda f: _write_ply(f, vertices, faces, c8)}
+    else:
+        c = None if colors is None else colors.detach().cpu().numpy().clip(0.0, 1.0)
+        files = {path: lambda f: _write_obj(f, vertices, faces, c)}
+    for target, content in files.items():
+        _write_atomically(target, content, path)
+    return path
+
+
+def _write_atomically(target: Path, content, reported: Path) -> None:
+    """Write ``content`` (bytes, or a function writing to a binary file) to ``target`` through a
+    temporary file; errors name ``reported`` (the path the caller asked for)."""
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            if ext == ".ply":
-                _write_ply(f, vertices, faces, None if colors is None else _colors_uint8(colors))
+            if isinstance(content, bytes):
+                f.write(content)
             else:
-                c = None if colors is None else colors.detach().cpu().numpy().clip(0.0, 1.0)
-                _write_obj(f, vertices, faces, c)
-        os.replace(tmp, path)
+                content(f)
+        os.replace(tmp, target)
     except OSError as e:
         try:
             if tmp.exists():
@@ -136,8 +167,58 @@ def save_mesh(path: PathLike, mesh: Union[Mesh, "trimesh.Trimesh"]) -> Path:
         except OSError:
             pass
         reason = e.strerror or str(e)
-        raise OSError(f"cannot write mesh to '{path}': {reason}") from e
-    return path
+        where = "" if target == reported else f" ('{target.name}')"
+        raise OSError(f"cannot write mesh to '{reported}'{where}: {reason}") from e
+
+
+def _textured_obj_files(path: Path, mesh: Mesh) -> dict:
+    """{path: OBJ text, <stem>.mtl: material, <stem>.png: texture}, written by trimesh's OBJ
+    exporter (one ``vt`` per vertex, faces ``a/a``)."""
+    import trimesh
+    from PIL import Image
+    from trimesh.exchange.obj import export_obj
+
+    # white diffuse, no ambient or specular term: viewers multiply Kd into the texture
+    material = trimesh.visual.material.SimpleMaterial(
+        image=Image.fromarray(mesh.texture_uint8()), diffuse=[255, 255, 255, 255],
+        ambient=[0, 0, 0, 255], specular=[0, 0, 0, 255], name=path.stem)
+    text, files = export_obj(mesh.to_trimesh(material=material), include_normals=False,
+                             include_color=False, include_texture=True, return_texture=True,
+                             mtl_name=f"{path.stem}.mtl",
+                             header="neural surface reconstruction toolkit")
+    out = {path.with_name(name): data for name, data in files.items()}
+    out[path] = text.encode("utf-8")  # last, so the OBJ appears only once its files exist
+    return out
+
+
+def _glb_bytes(mesh: Mesh, unlit: bool) -> bytes:
+    import trimesh
+    from PIL import Image
+    from trimesh.exchange.gltf import export_glb
+
+    material = None
+    if mesh.texture is not None:
+        material = trimesh.visual.material.PBRMaterial(
+            name="baked", baseColorTexture=Image.fromarray(mesh.texture_uint8()),
+            metallicFactor=0.0, roughnessFactor=1.0)
+    tm = mesh.to_trimesh(material=material)
+
+    def add_unlit(tree: dict) -> None:
+        if not unlit:
+            return
+        if not tree.get("materials"):  # vertex colours: trimesh writes no material
+            tree["materials"] = [{"name": "vertex_colors", "pbrMetallicRoughness": {
+                "metallicFactor": 0.0, "roughnessFactor": 1.0}}]
+            for m in tree.get("meshes", []):
+                for prim in m["primitives"]:
+                    prim["material"] = 0
+        for mat in tree["materials"]:
+            mat.setdefault("extensions", {})["KHR_materials_unlit"] = {}
+        used = tree.setdefault("extensionsUsed", [])
+        if "KHR_materials_unlit" not in used:
+            used.append("KHR_materials_unlit")
+
+    return export_glb(trimesh.Scene(tm), include_normals=False, tree_postprocessor=add_unlit)
 
 
 # --------------------------------------------------------------------------------------------
