@@ -1,5 +1,5 @@
-"""Triangle meshes: extraction from a field, the Mesh container, clean-up, decimation, files
-and geometry metrics.
+"""Triangle meshes: extraction from a field, the Mesh container, clean-up, decimation, UV
+texture baking, files and geometry metrics.
 
 Modules (each importable on its own; optional libraries are imported inside the functions that
 need them, so importing this package never fails without them):
@@ -10,8 +10,12 @@ need them, so importing this package never fails without them):
 - ``mesh``: the ``Mesh`` container (vertex colours or UVs + texture) and similarity transforms.
 - ``cleanup``: dropping small disconnected pieces, filling small holes (scipy, trimesh).
 - ``decimate``: simplification to a face budget (fast-simplification).
+- ``texture``: UV unwrapping (xatlas) and baking a colour function into a texture.
 - ``io``: reading and writing PLY, OBJ (+MTL+PNG) and GLB files.
 - ``metrics``: accuracy / completeness / Chamfer / F-score against a ground truth.
+
+A typical export: ``extract_isosurface`` -> ``clean_mesh`` -> ``decimate`` -> ``bake_texture``
+(in the field's frame) -> ``Mesh.transformed`` (to world) -> ``save_mesh`` (.glb / .obj).
 """
 from utils.mesh.backends import NonFiniteFieldError, marching_cubes, torchmcubes_available
 from utils.mesh.cleanup import (
@@ -36,6 +40,14 @@ from utils.mesh.metrics import (
     mesh_region,
     sample_surface,
 )
+from utils.mesh.texture import (
+    UVAtlas,
+    bake_texture,
+    dilate_texture,
+    rasterize_uv,
+    sample_texture,
+    unwrap_uv,
+)
 
 __all__ = [
     "Box",
@@ -46,12 +58,15 @@ __all__ = [
     "NonFiniteFieldError",
     "SUPPORTED_SAVE_EXTENSIONS",
     "Sphere",
+    "UVAtlas",
     "apply_similarity",
     "as_region",
+    "bake_texture",
     "check_similarity",
     "clean_mesh",
     "component_labels",
     "decimate",
+    "dilate_texture",
     "evaluate_mesh",
     "extract_isosurface",
     "fill_small_holes",
@@ -61,8 +76,10 @@ __all__ = [
     "marching_cubes",
     "mesh_distance_metrics",
     "mesh_region",
+    "rasterize_uv",
     "remove_small_components",
     "sample_surface",
+    "sample_texture",
     "save_mesh",
     "torchmcubes_available",
 ]
