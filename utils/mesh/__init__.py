@@ -1,5 +1,5 @@
 """Triangle meshes: extraction from a field, the Mesh container, clean-up, decimation, UV
-texture baking, files and geometry metrics.
+texture baking, files, CPU rendering, previews and geometry metrics.
 
 Modules (each importable on its own; optional libraries are imported inside the functions that
 need them, so importing this package never fails without them):
@@ -12,10 +12,13 @@ need them, so importing this package never fails without them):
 - ``decimate``: simplification to a face budget (fast-simplification).
 - ``texture``: UV unwrapping (xatlas) and baking a colour function into a texture.
 - ``io``: reading and writing PLY, OBJ (+MTL+PNG) and GLB files.
+- ``render``: ray-cast rendering from pinhole cameras (trimesh + embreex).
+- ``preview``: turntable images/videos and TensorBoard's mesh plugin.
 - ``metrics``: accuracy / completeness / Chamfer / F-score against a ground truth.
 
 A typical export: ``extract_isosurface`` -> ``clean_mesh`` -> ``decimate`` -> ``bake_texture``
-(in the field's frame) -> ``Mesh.transformed`` (to world) -> ``save_mesh`` (.glb / .obj).
+(in the field's frame) -> ``Mesh.transformed`` (to world) -> ``save_mesh`` (.glb / .obj) and
+``save_turntable``.
 """
 from utils.mesh.backends import NonFiniteFieldError, marching_cubes, torchmcubes_available
 from utils.mesh.cleanup import (
@@ -40,6 +43,8 @@ from utils.mesh.metrics import (
     mesh_region,
     sample_surface,
 )
+from utils.mesh.preview import add_mesh_to_tensorboard, save_turntable, turntable_cameras
+from utils.mesh.render import MeshRenderer, Rendering, look_at, render_mesh
 from utils.mesh.texture import (
     UVAtlas,
     bake_texture,
@@ -55,10 +60,13 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "EmptySurfaceError",
     "Mesh",
+    "MeshRenderer",
     "NonFiniteFieldError",
+    "Rendering",
     "SUPPORTED_SAVE_EXTENSIONS",
     "Sphere",
     "UVAtlas",
+    "add_mesh_to_tensorboard",
     "apply_similarity",
     "as_region",
     "bake_texture",
@@ -73,13 +81,17 @@ __all__ = [
     "load_mesh",
     "load_points",
     "load_trimesh",
+    "look_at",
     "marching_cubes",
     "mesh_distance_metrics",
     "mesh_region",
     "rasterize_uv",
     "remove_small_components",
+    "render_mesh",
     "sample_surface",
     "sample_texture",
     "save_mesh",
+    "save_turntable",
     "torchmcubes_available",
+    "turntable_cameras",
 ]
