@@ -55,7 +55,7 @@ def decimate(mesh: Mesh, target_faces: Optional[int] = None, ratio: Optional[flo
     if target == mesh.num_faces:
         return mesh.to(device)
     points = mesh.vertices.detach().cpu().numpy().astype(np.float64)
-    faces = mesh.faces.detach().cpu().numpy().astype(np.int64)
+    faces = np.ascontiguousarray(mesh.faces.detach().cpu().numpy())  # int64, no copy
     new_points, new_faces = fast_simplification.simplify(
         points, faces, target_count=target, agg=float(aggressiveness),
         preserve_border=preserve_border)
