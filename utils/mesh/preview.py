@@ -72,8 +72,9 @@ def save_turntable(mesh: Mesh, image_path: Optional[PathLike] = None,
                    up: Sequence[float] = (0.0, 0.0, 1.0), fps: int = 12,
                    background: Sequence[float] = (1.0, 1.0, 1.0)) -> List[np.ndarray]:
     """Render a Lambert-shaded turntable of ``mesh`` (its texture or vertex colours as albedo,
-    else grey) and save a PNG grid of ``grid_views`` evenly spaced views and/or an MP4 (or GIF,
-    by extension) of ``n_frames`` frames. Returns the frames [size, size, 3] uint8.
+    else grey) from ``n_frames`` cameras around it; save a PNG grid of ``grid_views`` evenly
+    spaced views (``columns`` per row) and/or the frames as an MP4 (or GIF, by extension), at
+    ``fps``. ``up``: the world direction shown up. Returns the frames [size, size, 3] uint8.
     About 0.1-0.3 s per 256^2 frame on one core for a 100k-face mesh."""
     from utils.saving import save_image, save_video
 
@@ -86,9 +87,9 @@ def save_turntable(mesh: Mesh, image_path: Optional[PathLike] = None,
             out.append((img.numpy().clip(0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
         return out
 
-    frames = frames_for(n_frames) if video_path is not None or image_path is None else []
+    frames = frames_for(n_frames)
     if image_path is not None:
-        if frames and n_frames % grid_views == 0:  # the grid's views are frames already made
+        if n_frames % grid_views == 0:  # the grid's views are frames already made
             views = frames[::n_frames // grid_views]
         else:
             views = frames_for(grid_views)
