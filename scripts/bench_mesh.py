@@ -12,8 +12,9 @@ which case the model's isosurface field is used (with --checkpoint's weights; wi
 untrained model, whose geometric initialisation is a sphere for NeuS). Each resolution runs in a
 child process, so its peak memory (VmHWM, the resident-set high-water mark from
 /proc/self/status) is its own: "base" after imports, "extract" after extraction, "total" after
-clean-up and decimation too. Threads: --threads (default 1, so figures from a shared machine
-stay comparable).
+clean-up and decimation too. --extras adds texture baking (xatlas unwrap + bake) of the
+decimated mesh and CPU render times. Threads: --threads (default 1, so figures from a shared
+machine stay comparable).
 """
 from __future__ import annotations
 
@@ -124,7 +125,39 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
     small = decimate(mesh, target_faces=target)
     out["decimate_s"] = time.perf_counter() - t0
     out["decimated_faces"] = small.num_faces
+    if args.extras:
+        out.update(extras(mesh, small, args))
     out["total_peak_mib"] = peak_rss_mib()
+    return out
+
+
+def extras(mesh, small, args: argparse.Namespace) -> Dict[str, Any]:
+    """Texture baking of the decimated mesh and rendering of a 100k-face version."""
+    import math
+
+    import torch
+
+    from utils.mesh import MeshRenderer, bake_texture, decimate, look_at
+
+    out: Dict[str, Any] = {}
+    t0 = time.perf_counter()
+    baked = bake_texture(small, lambda p, n: (torch.sin(4.0 * p) + 1.0) / 2.0,
+                         texture_size=args.texture_size)
+    out["bake_s"] = time.perf_counter() - t0
+    out["bake_texture_size"] = args.texture_size
+    render_mesh = decimate(mesh, target_faces=min(100_000, mesh.num_faces))
+    out["render_faces"] = render_mesh.num_faces
+    for name, m in (("vertex", render_mesh), ("textured", baked)):
+        t0 = time.perf_counter()
+        renderer = MeshRenderer(m)
+        c2w = look_at([0.0, -2.5, 1.0], [0.0, 0.0, 0.0])
+        renderer.render(c2w, [100.0, 100.0, 64.0, 64.0], 128, 128)  # builds the BVH
+        out[f"render_{name}_first_128_s"] = time.perf_counter() - t0
+        for size in (128, 400):
+            f = 0.5 * size / math.tan(math.radians(20))
+            t0 = time.perf_counter()
+            renderer.render(c2w, [f, f, size / 2, size / 2], size, size)
+            out[f"render_{name}_{size}_s"] = time.perf_counter() - t0
     return out
 
 
@@ -139,6 +172,8 @@ def run_child(size: int, args: argparse.Namespace) -> Dict[str, Any]:
     cmd += list(args.overrides)
     if args.progress:
         cmd.append("--progress")
+    if args.extras:
+        cmd += ["--extras", "--texture-size", str(args.texture_size)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
@@ -179,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="weights for --config")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides for --config (as launch.py takes them)")
+    p.add_argument("--extras", action="store_true",
+                   help="also bake a texture for the decimated mesh and time renders (128^2, "
+                        "400^2) of a 100k-face version of the mesh")
+    p.add_argument("--texture-size", type=int, default=1024, help="for --extras (default 1024)")
     p.add_argument("--progress", action="store_true", help="show extraction progress and its log")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)

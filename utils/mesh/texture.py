@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 ColorFn = Callable[[Tensor, Tensor], Tensor]
 
-# candidate (texel, triangle) pairs handled at once while rasterizing: ~40 bytes each
-_RASTER_CHUNK = 2**22
+# candidate (texel, triangle) pairs handled at once while rasterizing (~300 bytes of
+# temporaries each, so ~300 MiB)
+_RASTER_CHUNK = 2**20
 
 
 def _check_size(value, name: str) -> int:
