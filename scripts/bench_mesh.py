@@ -11,8 +11,8 @@ The field is an analytic SDF (a sphere beside a torus, and three small floaters)
 which case the model's isosurface field is used (with --checkpoint's weights; without it, the
 untrained model, whose geometric initialisation is a sphere for NeuS). Each resolution runs in a
 child process, so its peak memory (VmHWM, the resident-set high-water mark from
-/proc/self/status) is its own: "base" after imports, "extract" after extraction, "total" after
-clean-up and decimation too. --extras adds texture baking (xatlas unwrap + bake) of the
+/proc/self/status) is its own: "base" after imports, "extract" after extraction, "cleanup" after
+clean-up, "total" after decimation too. --extras adds texture baking (xatlas unwrap + bake) of the
 decimated mesh and CPU render times. Threads: --threads (default 1, so figures from a shared
 machine stay comparable).
 """
@@ -120,6 +120,7 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
     mesh, report = clean_mesh(mesh, min_fraction=0.01)
     out["cleanup_s"] = time.perf_counter() - t0
     out["cleanup"] = str(report)
+    out["cleanup_peak_mib"] = peak_rss_mib()
     target = min(args.decimate, mesh.num_faces)
     t0 = time.perf_counter()
     small = decimate(mesh, target_faces=target)

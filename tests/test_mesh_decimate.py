@@ -60,3 +60,24 @@ def test_bad_targets():
                     texture=torch.zeros(2, 2, 3))
     with pytest.raises(ValueError, match="before UV unwrapping"):
         decimate(textured, ratio=0.5)
+
+
+def test_large_meshes_are_decimated_piece_by_piece(monkeypatch):
+    import fast_simplification
+
+    mesh = coloured_sphere()  # 20 480 faces
+    calls = []
+    real = fast_simplification.simplify
+
+    def counting(points, faces, **kw):
+        calls.append(len(faces))
+        return real(points, faces, **kw)
+
+    monkeypatch.setattr(fast_simplification, "simplify", counting)
+    out = decimate(mesh, target_faces=1000, max_faces_per_call=6000)
+    # 4 pieces of 5120 faces, then one call on the joined pieces (about twice the target)
+    assert calls[:4] == [5120] * 4 and len(calls) == 5 and calls[4] < 6000
+    assert 990 <= out.num_faces <= 1000
+    assert out.to_trimesh().is_watertight  # the pieces were welded back along their cuts
+    assert (out.vertices.double().norm(dim=-1) - 0.8).abs().max() < 0.03
+    assert (out.vertex_colors - color_of(out.vertices)).abs().max() < 0.06
