@@ -5,16 +5,17 @@ clean-up and decimation, with wall time and peak resident memory per resolution.
     python scripts/bench_mesh.py                                  # analytic SDF, 512^3 and 1024^3
     python scripts/bench_mesh.py --sizes 512 1024 2048 --json     # one JSON object
     python scripts/bench_mesh.py --config exp/<run>/config/parsed.yaml --checkpoint last.ckpt
-    python scripts/bench_mesh.py --config configs/neus-synthetic.yaml --sizes 256 dataset.resolution=32
+    python scripts/bench_mesh.py --config configs/neus-synthetic.yaml --sizes 256 \
+        dataset.resolution=32
 
-The field is an analytic SDF (a sphere beside a torus, and three small floaters) unless --config names a toolkit config, in
-which case the model's isosurface field is used (with --checkpoint's weights; without it, the
-untrained model, whose geometric initialisation is a sphere for NeuS). Each resolution runs in a
-child process, so its peak memory (VmHWM, the resident-set high-water mark from
-/proc/self/status) is its own: "base" after imports, "extract" after extraction, "cleanup" after
-clean-up, "total" after decimation too. --extras adds texture baking (xatlas unwrap + bake) of the
-decimated mesh and CPU render times. Threads: --threads (default 1, so figures from a shared
-machine stay comparable).
+The field is an analytic SDF (a sphere beside a torus, and three small floaters) unless
+--config names a toolkit config, in which case the model's isosurface field is used (with
+--checkpoint's weights; without it, the untrained model, whose geometric initialisation is a
+sphere for NeuS). Each resolution runs in a child process, so its peak memory (VmHWM, the
+resident-set high-water mark from /proc/self/status) is its own: "base" after imports, "extract"
+after extraction, "cleanup" after clean-up, "total" after decimation too. --extras adds texture
+baking (xatlas unwrap + bake) of the decimated mesh and CPU render times. Threads: --threads
+(default 1, so figures from a shared machine stay comparable).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -77,8 +79,9 @@ def model_field(config: str, checkpoint: Optional[str], device: str, overrides: 
 
     _, cfg = load_experiment(config, list(overrides))
     scene = datasets.make(cfg.dataset.name, cfg.dataset, path="dataset")
-    context = RunContext(save_dir=Path("/tmp/bench_mesh_unused"), scene_to_world=scene.scene_to_world,
-                         gt_mesh_path=scene.gt_mesh_path, export=cfg.export)
+    context = RunContext(save_dir=Path(tempfile.gettempdir()) / "bench_mesh",
+                         scene_to_world=scene.scene_to_world, gt_mesh_path=scene.gt_mesh_path,
+                         export=cfg.export)
     system = systems.make(cfg.system.name, cfg.system, cfg.model, context, path="system")
     if checkpoint:
         ckpt = load_weights(system, checkpoint)
@@ -197,7 +200,8 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
             continue
         lines.append(
             f"{r['resolution']:>6} {_fmt(r['extract_s'], '10.2f')} "
-            f"{_fmt(r['extract_peak_mib'], '9.0f')} {r['faces']:>11,} {_fmt(r['cleanup_s'], '8.2f')} "
+            f"{_fmt(r['extract_peak_mib'], '9.0f')} {r['faces']:>11,} "
+            f"{_fmt(r['cleanup_s'], '8.2f')} "
             f"{_fmt(r['decimate_s'], '8.2f')} {r['decimated_faces']:>9,} "
             f"{_fmt(r['total_peak_mib'], '10.0f')}")
     return "\n".join(lines)

@@ -94,4 +94,5 @@ __all__ = [
     "save_turntable",
     "torchmcubes_available",
     "turntable_cameras",
+    "unwrap_uv",
 ]

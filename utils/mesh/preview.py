@@ -11,7 +11,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from utils.mesh.mesh import Mesh
 from utils.mesh.render import MeshRenderer, look_at

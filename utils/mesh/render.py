@@ -22,7 +22,7 @@ Axis names in shapes: N rays, V vertices, F faces, H x W pixels.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional, Sequence, Union
+from typing import Literal, Sequence, Union
 
 import numpy as np
 import torch
