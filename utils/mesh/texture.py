@@ -110,6 +110,7 @@ def rasterize_uv(uvs: Tensor, faces: Tensor, width: int, height: int,
 
     uvs [V, 2] (v up), faces [F, 3]. A texel gets the triangle its centre lies in, or, within
     ``ring`` texels of triangles, the nearest one (distance 0 inside wins over the ring).
+    Triangles of zero area in UV space are left out.
     Returns (face [H, W] int64, -1 where no triangle is near; bary [H, W, 3] float32,
     the barycentric coordinates of the point of that triangle nearest to the texel centre;
     inside [H, W] bool, texels whose centre lies in their triangle).
@@ -128,7 +129,11 @@ def rasterize_uv(uvs: Tensor, faces: Tensor, width: int, height: int,
     i1 = torch.floor(hi[:, 1] - 0.5).clamp(-1, height - 1).long()
     nx = (j1 - j0 + 1).clamp(min=0)
     ny = (i1 - i0 + 1).clamp(min=0)
-    count = nx * ny
+    # triangles without area in UV space (xatlas leaves the slivers marching cubes makes at
+    # u = v = 0) cover nothing and must not claim the texels around their point
+    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    flat = (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).abs() <= 1e-12
+    count = torch.where(flat, torch.zeros_like(nx), nx * ny)
     best = torch.full((height * width,), math.inf, dtype=torch.float64)
     face_of = torch.full((height * width,), -1, dtype=torch.int64)
     bary_of = torch.zeros(height * width, 3, dtype=torch.float32)
