@@ -26,7 +26,7 @@ from datasets.base import DatasetError
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView, image_size
 from datasets.normalization import invert_similarity, transform_poses
 from datasets.undistort import LensCamera
-from utils.mesh_io import check_similarity
+from utils.mesh import check_similarity
 
 log = logging.getLogger(__name__)
 

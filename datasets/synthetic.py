@@ -171,8 +171,7 @@ def _write_split(root: Path, split: str, poses: Tensor, width: int, height: int,
 
 def write_ground_truth_mesh(path: Path, resolution: int = 256) -> None:
     """Marching cubes of the analytic SDF over [-1, 1]^3, vertices projected onto its zero set."""
-    from models.isosurface import extract_isosurface
-    from utils.mesh_io import save_mesh
+    from utils.mesh import extract_isosurface, save_mesh
 
     mesh = extract_isosurface(
         scene_sdf, (torch.full((3,), -1.0), torch.full((3,), 1.0)), resolution, coarse_to_fine=True

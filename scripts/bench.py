@@ -217,7 +217,7 @@ def bench_val_render(system, dm, device: torch.device, reps: int, warmup: int = 
 def bench_mesh(parts, device: torch.device, resolutions: Sequence[int], reps: int) -> Dict[str, Any]:
     """Marching cubes of the trained field (as --export does, without colours or the file), at each
     resolution: median seconds, faces, peak memory."""
-    from models.isosurface import EmptySurfaceError, extract_isosurface
+    from utils.mesh import EmptySurfaceError, extract_isosurface
 
     cfg, system = parts.cfg, parts.system
     system.to(device)

@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from utils.geometry_metrics import Box, Sphere, evaluate_mesh  # noqa: E402
+from utils.mesh import Box, Sphere, evaluate_mesh  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

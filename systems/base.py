@@ -97,7 +97,7 @@ class BaseSystem(pl.LightningModule):
         for name, w in self.loss_weights().items():
             check_weight(w, f"system.loss.{name}")
         try:
-            from utils.geometry_metrics import mesh_region
+            from utils.mesh.metrics import mesh_region
 
             mesh_region(cfg.eval_mesh_region)
         except ValueError as err:

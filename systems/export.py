@@ -20,8 +20,8 @@ def export_mesh(model: BaseModel, cfg: ExportConfig, scene_to_world: Tensor, sav
     """Marching cubes of ``model``'s surface (``cfg``: resolution, threshold, formats, ...), with
     vertex colours, mapped by ``scene_to_world`` [4, 4] when cfg.world_coordinates, written as
     ``save_dir/mesh_<tag>.<fmt>`` -> the written paths."""
-    from models.isosurface import extract_isosurface
-    from utils.mesh_io import save_mesh
+    from utils.mesh import extract_isosurface
+    from utils.mesh import save_mesh
 
     device = model.aabb.device
     was_training = model.training
@@ -53,8 +53,8 @@ def export_mesh(model: BaseModel, cfg: ExportConfig, scene_to_world: Tensor, sav
 def score_mesh(mesh_path: Path, gt_path: str, n_points: int, threshold: float,
                region: Optional[Sequence[float]] = None) -> Dict[str, object]:
     """Accuracy / completeness / Chamfer / F-score of a mesh file against the ground-truth surface
-    (both in world units), optionally only inside ``region`` (see utils.geometry_metrics.mesh_region)."""
-    from utils.geometry_metrics import evaluate_mesh, mesh_region
+    (both in world units), optionally only inside ``region`` (see utils.mesh.metrics.mesh_region)."""
+    from utils.mesh.metrics import evaluate_mesh, mesh_region
 
     box = mesh_region(region)
     metrics = evaluate_mesh(str(mesh_path), gt_path, n_points=n_points, threshold=threshold, region=box)

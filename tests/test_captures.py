@@ -353,7 +353,7 @@ def test_exported_mesh_lands_on_the_world_sparse_points(colmap_dir, tmp_path):
     """A surface in scene coordinates, exported the way systems do (Mesh.transformed(scene_to_world)),
     lies on the capture's sparse points in COLMAP's world frame; the scene cameras see it where the
     images do; the normalized object sits inside the bounds."""
-    from models.isosurface import extract_isosurface
+    from utils.mesh import extract_isosurface
 
     scene = load(ColmapScene, colmap_dir.root, normalization={"camera_distance": 2.5})
     to_a = scene_to_a(scene, colmap_dir)

@@ -162,7 +162,7 @@ def test_test_run_writes_per_image_json_and_csv(tmp_path, tiny_scene_dir, fake_l
 
 def test_mesh_region_from_config_values():
     from systems.base import BaseSystem  # noqa: F401  (the system checks it when built)
-    from utils.geometry_metrics import Box, Sphere, mesh_region
+    from utils.mesh import Box, Sphere, mesh_region
 
     assert mesh_region([0, 0, 0, 1, 1, 1]) == Box((0, 0, 0), (1, 1, 1))
     assert mesh_region([0, 0, 0, 2]) == Sphere((0, 0, 0), 2.0)

@@ -1,11 +1,11 @@
-"""Mesh files (PLY/OBJ with vertex colours) and similarity transforms."""
+"""Mesh files (PLY/OBJ with vertex colours) and the Mesh container's similarity transforms."""
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from utils.mesh_io import Mesh, apply_similarity, check_similarity, load_mesh, save_mesh
+from utils.mesh import Mesh, apply_similarity, check_similarity, load_mesh, save_mesh
 
 
 def tetra_mesh(colors=True, seed=0):
@@ -149,3 +149,116 @@ def test_non_similarity_rejected():
     with pytest.raises(ValueError, match="last row"):
         apply_similarity(np.zeros((2, 3)), random_similarity().T)  # a transposed matrix
     assert np.allclose(apply_similarity(np.ones((1, 3)), m, check=False), [[1.0, 2.0, 1.0]])
+
+
+# ------------------------------------------------------------------------------------------
+# textured meshes: OBJ + MTL + PNG and binary glTF
+# ------------------------------------------------------------------------------------------
+def textured_tetra(seed=0):
+    """A tetrahedron with its own UVs per vertex and a 6x5 texture (not square: rows and columns
+    cannot be swapped unnoticed)."""
+    rng = np.random.default_rng(seed)
+    mesh = tetra_mesh(colors=False, seed=seed)
+    uvs = rng.uniform(0.05, 0.95, size=(4, 2)).astype(np.float32)
+    texture = rng.integers(0, 256, size=(5, 6, 3), dtype=np.uint8)
+    return Mesh(mesh.vertices, mesh.faces, uvs=uvs, texture=texture)
+
+
+def glb_json_and_bin(path):
+    import json
+    import struct
+
+    data = path.read_bytes()
+    assert data[:4] == b"glTF"
+    n_json = struct.unpack("<I", data[12:16])[0]
+    tree = json.loads(data[20:20 + n_json])
+    offset = 20 + n_json
+    n_bin = struct.unpack("<I", data[offset:offset + 4])[0]
+    return tree, data[offset + 8:offset + 8 + n_bin]
+
+
+def glb_accessor(tree, blob, index):
+    acc = tree["accessors"][index]
+    view = tree["bufferViews"][acc["bufferView"]]
+    start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
+    width = {"VEC2": 2, "VEC3": 3, "VEC4": 4, "SCALAR": 1}[acc["type"]]
+    dtype = {5126: np.float32, 5125: np.uint32, 5123: np.uint16, 5121: np.uint8}[
+        acc["componentType"]]
+    return np.frombuffer(blob, dtype=dtype, count=acc["count"] * width, offset=start).reshape(
+        acc["count"], width)
+
+
+def test_glb_with_texture_round_trip_and_gltf_v_axis(tmp_path):
+    import trimesh
+
+    mesh = textured_tetra()
+    path = save_mesh(tmp_path / "m.glb", mesh)
+    # trimesh reads it back as a textured mesh: same geometry, UVs and texture
+    scene = trimesh.load(str(path), process=False)
+    (tm,) = scene.geometry.values()
+    assert tm.visual.kind == "texture"
+    image = tm.visual.material.baseColorTexture
+    assert image.size == (6, 5)
+    assert np.array_equal(np.asarray(image.convert("RGB")), mesh.texture_uint8())
+    assert np.allclose(tm.visual.uv, mesh.uvs.numpy(), atol=1e-6)
+    back = load_mesh(path)
+    assert torch.equal(back.vertices, mesh.vertices) and torch.equal(back.faces, mesh.faces)
+    assert torch.allclose(back.uvs, mesh.uvs, atol=1e-6)
+    # the file itself holds glTF's convention: v measured down from the image's top
+    tree, blob = glb_json_and_bin(path)
+    prim = tree["meshes"][0]["primitives"][0]
+    uv_file = glb_accessor(tree, blob, prim["attributes"]["TEXCOORD_0"])
+    assert np.allclose(uv_file[:, 0], mesh.uvs[:, 0].numpy(), atol=1e-6)
+    assert np.allclose(uv_file[:, 1], 1.0 - mesh.uvs[:, 1].numpy(), atol=1e-6)
+    material = tree["materials"][prim["material"]]
+    assert material["pbrMetallicRoughness"]["metallicFactor"] == 0.0
+    assert "KHR_materials_unlit" in material["extensions"]
+    assert "KHR_materials_unlit" in tree["extensionsUsed"]
+
+
+def test_glb_with_vertex_colours(tmp_path):
+    mesh = tetra_mesh()
+    path = save_mesh(tmp_path / "m.glb", mesh)
+    tree, blob = glb_json_and_bin(path)
+    prim = tree["meshes"][0]["primitives"][0]
+    assert "COLOR_0" in prim["attributes"] and "TEXCOORD_0" not in prim["attributes"]
+    back = load_mesh(path)
+    assert back.vertex_colors is not None
+    assert (back.vertex_colors - mesh.vertex_colors).abs().max() <= 0.5 / 255 + 1e-6
+    plain = save_mesh(tmp_path / "lit.glb", mesh, unlit=False)
+    assert "extensionsUsed" not in glb_json_and_bin(plain)[0]
+
+
+def test_obj_mtl_png_with_texture(tmp_path):
+    import imageio.v3 as iio
+    import trimesh
+
+    mesh = textured_tetra(seed=1)
+    path = save_mesh(tmp_path / "out" / "scan.obj", mesh)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["scan.mtl", "scan.obj", "scan.png"]
+    assert np.array_equal(iio.imread(path.parent / "scan.png")[..., :3], mesh.texture_uint8())
+    mtl = (path.parent / "scan.mtl").read_text()
+    assert "map_Kd scan.png" in mtl and "Kd 1.0" in mtl
+    lines = path.read_text().splitlines()
+    assert "mtllib scan.mtl" in lines
+    # OBJ's v points up like ours: vt lines are the UVs as they are
+    vt = np.array([[float(x) for x in ln.split()[1:3]] for ln in lines if ln.startswith("vt ")])
+    assert np.allclose(vt, mesh.uvs.numpy(), atol=1e-6)
+    f = [ln.split()[1:] for ln in lines if ln.startswith("f ")]
+    assert f[0] == [f"{i + 1}/{i + 1}" for i in mesh.faces[0].tolist()]
+    tm = trimesh.load(str(path), process=False, maintain_order=True)
+    assert tm.visual.kind == "texture" and tm.visual.material.image.size == (6, 5)
+    back = load_mesh(path)
+    assert torch.allclose(back.vertices, mesh.vertices, atol=1e-6)
+    assert torch.allclose(back.uvs, mesh.uvs, atol=1e-6)
+    assert np.array_equal(back.texture_uint8(), mesh.texture_uint8())
+
+
+def test_textured_mesh_checks():
+    mesh = tetra_mesh(colors=False)
+    with pytest.raises(ValueError, match="come together"):
+        Mesh(mesh.vertices, mesh.faces, uvs=torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=r"uvs must be \[V, 2\] with V=4"):
+        Mesh(mesh.vertices, mesh.faces, uvs=torch.zeros(3, 2), texture=torch.zeros(2, 2, 3))
+    with pytest.raises(ValueError, match="texture must be an"):
+        Mesh(mesh.vertices, mesh.faces, uvs=torch.zeros(4, 2), texture=torch.zeros(2, 2))

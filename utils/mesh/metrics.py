@@ -27,7 +27,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from utils.mesh_io import Mesh, load_trimesh
+from utils.mesh.io import load_trimesh
+from utils.mesh.mesh import Mesh
 
 PathLike = Union[str, os.PathLike]
 POINT_CLOUD_EXTENSIONS = (".npy", ".xyz", ".txt", ".pts")

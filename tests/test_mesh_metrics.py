@@ -11,13 +11,14 @@ import torch
 import trimesh
 
 from scripts.eval_mesh import main as eval_main
-from utils.geometry_metrics import (
+from utils.mesh import (
+    Mesh,
     evaluate_mesh,
     load_points,
     mesh_distance_metrics,
     sample_surface,
+    save_mesh,
 )
-from utils.mesh_io import Mesh, save_mesh
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,7 +176,7 @@ def test_unit_sphere_against_a_sphere_of_radius_1_01():
 
 
 def test_sphere_region_and_region_parsing():
-    from utils.geometry_metrics import Box, Sphere, as_region
+    from utils.mesh import Box, Sphere, as_region
 
     gt = sphere_points(3000, 1.0, seed=11)
     far = np.array([3.0, 0.0, 0.0]) + 0.2 * sphere_points(400, 1.0, seed=12)
