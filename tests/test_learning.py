@@ -10,10 +10,10 @@ from tests.conftest import TINY_SCENE
 from tests.test_launch import run, synthetic_overrides
 
 SHORT_FIT = [
-    "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=5",
+    "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
     "checkpoint.every_n_train_steps=1000", "export.resolution=32", "system.eval_mesh_points=1000",
-    "system.train_num_rays=256", "system.max_train_num_rays=256", "model.grid_resolution=16",
-    "model.grid_warmup_steps=4", "model.grid_update_every=4", "dataset.n_predict_views=1",
+    "system.train_num_rays=512", "system.max_train_num_rays=512", "model.grid.resolution=16",
+    "model.grid.warmup_steps=4", "model.grid.update_every=4", "dataset.n_predict_views=1",
     "system.save_video=false", "system.scheduler.args.warmup_steps=5",
 ]
 
