@@ -87,6 +87,7 @@ class BaseModel(nn.Module):
             self.grid = OccupancyGrid(aabb=[-r, -r, -r, r, r, r], resolution=cfg.grid.resolution)
         # bool [L, rx, ry, rz]: the cells start_grid_from_hull kept (recomputed on resume, not saved)
         self.visual_hull: Optional[Tensor] = None
+        self._previous_grid_step: Optional[int] = None
         self.background: Optional[nn.Module] = None
         if cfg.background is not None:
             self.background = backgrounds.make(cfg.background.name, cfg.background, path="model.background")
@@ -118,6 +119,8 @@ class BaseModel(nn.Module):
 
     # ------------------------------------------------------------------ per step
     def update_step(self, epoch: int, global_step: int) -> None:
+        """Per-step state at schedule step ``global_step`` (systems/schedule.py): the parts'
+        schedules and, while training, the occupancy grid's update."""
         self.geometry.update_step(epoch, global_step)
         self.texture.update_step(epoch, global_step)
         if self.background is not None:
@@ -131,7 +134,9 @@ class BaseModel(nn.Module):
                 occ_thre=grid_cfg.occ_thre,
                 ema_decay=grid_cfg.ema_decay,
                 warmup_steps=grid_cfg.warmup_steps,
+                previous_step=self._previous_grid_step,
             )
+            self._previous_grid_step = global_step
             if updated and self.visual_hull is not None and global_step < grid_cfg.hull_hold_steps:
                 self.grid.binaries |= self.visual_hull.to(self.grid.binaries.device)
 

@@ -24,6 +24,7 @@ from systems.export import export_mesh, score_mesh
 from systems.losses import Weight, check_weight, mask_loss, opaque_loss, weight_at, weight_nonzero
 from systems.metrics import load_lpips, psnr, summarize_image_metrics, write_image_metrics
 from systems.optim import OptimizerConfig, SchedulerConfig, make_optimizer, make_scheduler
+from systems.schedule import TrainingSchedule
 from utils.experiment import ExportConfig
 from utils.saving import save_video
 
@@ -89,11 +90,16 @@ class SystemConfig:
 
 
 class BaseSystem(pl.LightningModule):
-    def __init__(self, cfg: Any, model: BaseModel, context: RunContext) -> None:
+    """``schedule`` says which recipe step each training step stands for (systems/schedule.py);
+    every step-based schedule (learning rate, loss weights, the model's) follows it."""
+
+    def __init__(self, cfg: Any, model: BaseModel, context: RunContext,
+                 schedule: Optional[TrainingSchedule] = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.context = context
         self.model = model
+        self.schedule = schedule
         for name, w in self.loss_weights().items():
             check_weight(w, f"system.loss.{name}")
         try:
@@ -106,29 +112,43 @@ class BaseSystem(pl.LightningModule):
             raise ValueError("system.loss.lambda_distortion_bg > 0 needs a learned background (model.background)")
         self.recorder = SplitRecorder()
         self.last_means: Dict[str, Dict[str, float]] = {}  # the latest logged means, by prefix ("val", "test")
-        self.trained_steps = 0  # the step of the weights a checkpoint brought (see on_load_checkpoint)
+        self.trained_steps = 0  # the schedule step of the weights a checkpoint brought (on_load_checkpoint)
+        self.schedule_step = 0  # the recipe step of the current training step
 
     # ------------------------------------------------------------------ loss weights
     def loss_weights(self) -> Dict[str, Weight]:
         return {k: v for k, v in dataclasses.asdict(self.cfg.loss).items() if k.startswith("lambda_")}
 
     def loss_weight(self, name: str) -> float:
-        """The value of loss weight ``lambda_<name>`` at the current step."""
-        return weight_at(getattr(self.cfg.loss, f"lambda_{name}"), self.global_step)
+        """The value of loss weight ``lambda_<name>`` at the current (schedule) step."""
+        return weight_at(getattr(self.cfg.loss, f"lambda_{name}"), self.schedule_step)
 
     # ------------------------------------------------------------------ step-dependent state
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["schedule_step"] = self.schedule_step
+        if self.schedule is not None:
+            checkpoint["training_schedule"] = self.schedule.state_dict()
+
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        self.trained_steps = int(checkpoint.get("global_step", 0))
+        self.trained_steps = int(checkpoint.get("schedule_step", checkpoint.get("global_step", 0)))
+        if self.schedule is not None and "training_schedule" in checkpoint:
+            self.schedule.load_state_dict(checkpoint["training_schedule"])
 
     def apply_step_state(self) -> None:
         """Step-dependent model state (NeuS's cosine annealing, the progressive hash grid's levels)
         as after the last training step, so evaluating a checkpoint later renders what evaluating
         at the end of training did. Only in eval mode: then the occupancy grid is left alone."""
         if not self.model.training:
-            self.model.update_step(self.current_epoch, max(self.global_step, self.trained_steps))
+            self.model.update_step(self.current_epoch, max(self.schedule_step, self.trained_steps))
 
     def on_validation_start(self) -> None:
+        if self.schedule is not None:
+            self.schedule.pause()  # validation time is not training time
         self.apply_step_state()
+
+    def on_validation_end(self) -> None:
+        if self.schedule is not None and self.trainer.training:
+            self.schedule.start()
 
     def on_test_start(self) -> None:
         self.apply_step_state()
@@ -143,8 +163,31 @@ class BaseSystem(pl.LightningModule):
             torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
 
     # ------------------------------------------------------------------ training
+    def on_train_start(self) -> None:
+        if self.schedule is not None:
+            self.schedule.start()
+
+    def on_train_end(self) -> None:
+        if self.schedule is not None:
+            self.schedule.pause()
+
     def on_train_batch_start(self, batch: Dict[str, Tensor], batch_idx: int) -> None:
-        self.model.update_step(self.current_epoch, self.global_step)
+        step = self.global_step
+        self.schedule_step = self.schedule.schedule_step(step) if self.schedule is not None else step
+        self.model.update_step(self.current_epoch, self.schedule_step)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.schedule is not None and self.schedule.timed and self.schedule.finished(self.global_step):
+            self.trainer.should_stop = True  # the time budget is spent (or the recipe is done)
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Once per optimizer step; with a time budget, as many steps as the schedule advanced."""
+        if self.schedule is None or not self.schedule.timed:
+            scheduler.step()
+            return
+        target = max(self.schedule_step + 1, self.global_step)
+        while scheduler.last_epoch < target:
+            scheduler.step()
 
     def training_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Dict[str, Any]:
         """One batch of rays -> the weighted loss, plus the step's sample and ray counts (which
@@ -164,6 +207,8 @@ class BaseSystem(pl.LightningModule):
         self.log("train/samples_per_ray", n_samples / max(1, n_rays))
         for name, value in self.model.train_stats().items():
             self.log(f"train/{name}", value, prog_bar=name == "inv_s")
+        if self.schedule is not None and self.schedule.timed:
+            self.log("train/schedule_step", float(self.schedule_step))
         return {"loss": loss, "num_samples": n_samples, "num_rays": n_rays}
 
     def losses(self, batch: Dict[str, Tensor], out: RenderOutput) -> Dict[str, Tensor]:

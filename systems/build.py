@@ -15,7 +15,7 @@ import sys
 from typing import List, Sequence, Tuple
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import datasets
 import models
@@ -25,8 +25,9 @@ from datasets.datamodule import SceneDataModule
 from models.rendering import visual_hull_cells
 from systems.base import BaseSystem, RunContext
 from systems.ray_budget import DynamicRayBudget
+from systems.schedule import TrainingSchedule
 from utils.callbacks import AtomicModelCheckpoint, ConsoleProgress, GracefulStop, NonFiniteStepGuard
-from utils.config import load_config, migrate_keys
+from utils.config import ConfigError, load_yaml_with_extends, merge_configs, migrate_keys, parse_overrides
 from utils.experiment import KEY_CHANGES, ExperimentConfig
 from utils.registry import parse_config
 from utils.run_dir import RunPaths
@@ -34,15 +35,57 @@ from utils.run_dir import RunPaths
 log = logging.getLogger("launch")
 
 
+PROFILES_KEY = "profiles"
+
+
 def load_experiment(config_path: str, overrides: Sequence[str] = ()) -> Tuple[DictConfig, ExperimentConfig]:
-    """(raw DictConfig, parsed ExperimentConfig) after merging bases and ``key=value`` overrides,
-    moving renamed keys and checking every key (ConfigError names each one at fault)."""
+    """(raw DictConfig, parsed ExperimentConfig) of a preset: its bases, then the profile that
+    applies (the preset's ``profiles.cpu`` or ``profiles.gpu``, see ``choose_profile``), then the
+    ``key=value`` overrides; renamed keys moved, every key checked (a ConfigError names each one
+    at fault, in every profile, so a GPU profile is checked on a CPU machine too)."""
     import datasets.registered  # noqa: F401  (fills the registries)
     import models.registered  # noqa: F401
     import systems.registered  # noqa: F401
 
-    raw = migrate_keys(load_config(config_path, overrides), KEY_CHANGES)
-    return raw, parse_config(ExperimentConfig, raw)
+    preset = load_yaml_with_extends(config_path)
+    cli = parse_overrides(overrides)
+    profiles = preset.pop(PROFILES_KEY, None) or {}
+    unknown = sorted(set(profiles) - {"cpu", "gpu"})
+    if unknown:
+        raise ConfigError(f"{PROFILES_KEY}: unknown profile(s) {unknown}; a preset may have 'cpu' and 'gpu'")
+
+    def with_profile(name):
+        merged = merge_configs(preset, profiles[name]) if name in profiles else preset
+        merged = merge_configs(merged, cli)
+        merged.profile = name
+        return migrate_keys(merged, KEY_CHANGES)
+
+    chosen = choose_profile(merge_configs(preset, cli))
+    raw = with_profile(chosen)
+    cfg = parse_config(ExperimentConfig, raw)
+    for other in profiles:
+        if other != chosen:
+            try:
+                parse_config(ExperimentConfig, with_profile(other))
+            except ConfigError as err:
+                raise ConfigError(f"{PROFILES_KEY}.{other} (not the one applied here): {err}") from err
+    return raw, cfg
+
+
+def choose_profile(raw: DictConfig) -> str:
+    """'cpu' or 'gpu' for ``profile: auto`` (by trainer.accelerator, or whether CUDA is visible
+    when that is 'auto'), else the profile named; 'none' applies no profile."""
+    import torch
+
+    name = str(raw.get("profile", "auto"))
+    if name != "auto":
+        return name
+    accelerator = str(OmegaConf.select(raw, "trainer.accelerator", default="auto"))
+    if accelerator == "cpu":
+        return "cpu"
+    if accelerator in ("gpu", "cuda", "mps"):
+        return "gpu"
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 @dataclasses.dataclass
@@ -63,7 +106,8 @@ def build_scene(cfg: ExperimentConfig) -> Scene:
 
 def build_system(cfg: ExperimentConfig, context: RunContext) -> BaseSystem:
     model = models.make(cfg.model.name, cfg.model, path="model")
-    return systems.make(cfg.system.name, cfg.system, model, context, path="system")
+    schedule = TrainingSchedule(cfg.trainer.max_steps, cfg.trainer.max_minutes)
+    return systems.make(cfg.system.name, cfg.system, model, context, schedule, path="system")
 
 
 def start_grid_from_masks(system: BaseSystem, datamodule: SceneDataModule) -> None:
@@ -91,17 +135,26 @@ def build_callbacks(cfg: ExperimentConfig, run_paths: RunPaths, action: str) -> 
             DynamicRayBudget.from_config(cfg.system),
             NonFiniteStepGuard(cfg.system.max_consecutive_bad_steps),
             LearningRateMonitor(logging_interval="step"),
-            AtomicModelCheckpoint(
-                dirpath=run_paths.ckpt_dir,
-                filename="step{step:07d}",
-                auto_insert_metric_name=False,
-                every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-                save_top_k=-1,
-                save_last=cfg.checkpoint.save_last,
-            ),
+            periodic_checkpoints(cfg, run_paths),
             GracefulStop(run_paths.ckpt_dir),  # after the periodic checkpoints (both run last)
         ]
     return callbacks
+
+
+def periodic_checkpoints(cfg: ExperimentConfig, run_paths: RunPaths) -> AtomicModelCheckpoint:
+    """Checkpoints every checkpoint.every_n_train_steps steps, or every_n_minutes of training."""
+    import datetime
+
+    minutes = cfg.checkpoint.every_n_minutes
+    return AtomicModelCheckpoint(
+        dirpath=run_paths.ckpt_dir,
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=None if minutes is not None else cfg.checkpoint.every_n_train_steps,
+        train_time_interval=None if minutes is None else datetime.timedelta(minutes=minutes),
+        save_top_k=-1,
+        save_last=cfg.checkpoint.save_last,
+    )
 
 
 def build_trainer(cfg: ExperimentConfig, run_paths: RunPaths, callbacks: Sequence[pl.Callback]) -> pl.Trainer:

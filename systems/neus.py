@@ -43,8 +43,8 @@ class NeuSSystem(BaseSystem):
     class Config(SystemConfig):
         loss: NeuSLossConfig = dataclasses.field(default_factory=NeuSLossConfig)
 
-    def __init__(self, cfg, model, context) -> None:
-        super().__init__(cfg, model, context)
+    def __init__(self, cfg, model, context, schedule=None) -> None:
+        super().__init__(cfg, model, context, schedule)
         if not hasattr(model, "variance"):
             raise ValueError(f"system: neus-system needs a NeuS model, got model.name '{model.cfg.name}'")
         if weight_nonzero(cfg.loss.lambda_curvature) and not model.cfg.compute_laplace:

@@ -11,7 +11,10 @@ from utils.config import KeyChange, component
 class TrainerConfig:
     """Options handed to Lightning's Trainer (see launch.py for the command-line flags)."""
 
-    max_steps: int = 20000
+    max_steps: int = 20000  # the recipe's length (with max_minutes: at most this many steps)
+    # train for at most this many minutes, every step-based schedule stretched to fit (see
+    # systems/schedule.py); null: train max_steps steps
+    max_minutes: Optional[float] = None
     val_check_interval: int = 5000  # validate every n training steps
     log_every_n_steps: int = 50
     limit_val_batches: Optional[Union[int, float]] = None  # images (int) or fraction (float) per validation
@@ -30,6 +33,8 @@ class TrainerConfig:
 @dataclasses.dataclass
 class CheckpointConfig:
     every_n_train_steps: int = 5000  # periodic checkpoints (all kept) besides last.ckpt
+    # or every so many minutes of training instead (e.g. with trainer.max_minutes)
+    every_n_minutes: Optional[float] = None
     save_last: bool = True
 
 
@@ -55,6 +60,10 @@ class ExperimentConfig:
     name: str = "???"
     tag: str = ""
     seed: int = 42
+    # which of the preset's `profiles` applies: 'auto' picks 'gpu' when training on a GPU
+    # (trainer.accelerator, or a visible CUDA device when it is 'auto'), else 'cpu'; the run's
+    # saved config records the one applied (see systems/build.py)
+    profile: Literal["auto", "cpu", "gpu", "none"] = "auto"
     dataset: Any = component("dataset")
     model: Any = component("model")
     system: Any = component("system")

@@ -156,10 +156,15 @@ class OccupancyGrid(nn.Module):
         occ_thre: float = 0.01,
         ema_decay: float = 0.95,
         warmup_steps: int = 256,
+        previous_step: Optional[int] = None,
         **kwargs,
     ) -> bool:
-        """Runs ``update`` when ``step % n == 0``; returns whether it did. kwargs go to ``update``."""
-        if step % n != 0:
+        """Runs ``update`` when ``step`` is a multiple of ``n`` or, given the step of the previous
+        call, when a multiple of n lies in (previous_step, step] (steps that advance by more than
+        one, e.g. a schedule stretched over a time budget); returns whether it did. kwargs go to
+        ``update``."""
+        due = step % n == 0 if previous_step is None else step // n > previous_step // n
+        if not due:
             return False
         self.update(step, occ_eval_fn, occ_thre=occ_thre, ema_decay=ema_decay, warmup_steps=warmup_steps, **kwargs)
         return True
