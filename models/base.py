@@ -228,6 +228,7 @@ class BaseModel(nn.Module):
         """(fn: points [N, 3] -> values [N], level): the surface is where fn = level, inside below it."""
         raise NotImplementedError
 
-    def surface_colors(self, points: Tensor) -> Tensor:
-        """View-independent colour [N, 3] of surface points [N, 3] (for meshes)."""
+    def surface_colors(self, points: Tensor, normals: Optional[Tensor] = None) -> Tensor:
+        """View-independent colour [N, 3] of surface points [N, 3] (for meshes), seen along
+        their unit normals [N, 3] when given."""
         raise NotImplementedError

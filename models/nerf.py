@@ -7,7 +7,7 @@ beyond it, composited behind (see models/background.py)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -52,14 +52,18 @@ class NeRFModel(BaseModel):
         return 1.0 - torch.exp(-density * samples.deltas)
 
     @torch.no_grad()
-    def surface_colors(self, points: Tensor, chunk: int = 65536) -> Tensor:
-        """Colour of points [N, 3] viewed along -z (NeRF has no normals to look along) -> [N, 3]."""
+    def surface_colors(self, points: Tensor, normals: Optional[Tensor] = None, chunk: int = 65536) -> Tensor:
+        """Colour of points [N, 3] seen head-on along their unit normals [N, 3] (a mesh's), or
+        along -z without them (a density field has no normals of its own) -> [N, 3]."""
         colours = []
         for i in range(0, points.shape[0], chunk):
             pts = points[i:i + chunk]
             geo = self.geometry(pts)
-            dirs = torch.zeros_like(pts)
-            dirs[:, 2] = -1.0
+            if normals is None:
+                dirs = torch.zeros_like(pts)
+                dirs[:, 2] = -1.0
+            else:
+                dirs = -torch.nn.functional.normalize(normals[i:i + chunk], dim=-1)
             colours.append(self.texture(geo["feature"], dirs))
         return torch.cat(colours) if colours else points.new_zeros(0, 3)
 

@@ -174,12 +174,14 @@ class NeuSModel(BaseModel):
 
     # ------------------------------------------------------------------ export
     @torch.no_grad()
-    def surface_colors(self, points: Tensor, chunk: int = 65536) -> Tensor:
-        """Colour of surface points [N, 3] seen head-on (view direction = -normal) -> [N, 3]."""
+    def surface_colors(self, points: Tensor, normals: Optional[Tensor] = None, chunk: int = 65536) -> Tensor:
+        """Colour of surface points [N, 3] seen head-on (view direction = -normal) -> [N, 3].
+        normals [N, 3]: the surface's unit normals (e.g. a mesh's); without them the SDF's
+        gradient gives them (a costlier evaluation with gradients)."""
         colours = []
         for i in range(0, points.shape[0], chunk):
-            geo = self.geometry(points[i:i + chunk], with_grad=True)
-            normal = F.normalize(geo["grad"], dim=-1)
+            geo = self.geometry(points[i:i + chunk], with_grad=normals is None)
+            normal = F.normalize(geo["grad"] if normals is None else normals[i:i + chunk], dim=-1)
             colours.append(self.texture(geo["feature"], -normal, normal))
         return torch.cat(colours) if colours else points.new_zeros(0, 3)
 

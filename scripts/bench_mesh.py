@@ -32,20 +32,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _p in (REPO_ROOT, REPO_ROOT / "scripts"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from measure import read_status_kb  # noqa: E402
 
 
 def peak_rss_mib() -> Optional[float]:
     """VmHWM of this process in MiB (None where /proc is missing)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    kb = read_status_kb("VmHWM")
+    return None if kb is None else kb / 1024.0
 
 
 def analytic_field():
@@ -71,21 +68,18 @@ def model_field(config: str, checkpoint: Optional[str], device: str, overrides: 
     """The isosurface field of a toolkit model built from ``config`` (as launch.py builds it)."""
     import torch
 
-    import datasets
-    import systems
     from systems.base import RunContext
-    from utils.checkpoint import load_weights
-    from utils.runner import load_experiment
+    from systems.build import build_scene, build_system, load_experiment
+    from utils.checkpoint import restore_weights
 
     _, cfg = load_experiment(config, list(overrides))
-    scene = datasets.make(cfg.dataset.name, cfg.dataset, path="dataset")
+    scene = build_scene(cfg)
     context = RunContext(save_dir=Path(tempfile.gettempdir()) / "bench_mesh",
                          scene_to_world=scene.scene_to_world, gt_mesh_path=scene.gt_mesh_path,
                          export=cfg.export)
-    system = systems.make(cfg.system.name, cfg.system, cfg.model, context, path="system")
+    system = build_system(cfg, context)
     if checkpoint:
-        ckpt = load_weights(system, checkpoint)
-        system.restored_step = int(ckpt.get("global_step", 0))
+        restore_weights(system, checkpoint)
     system.to(device).eval()
     system.apply_step_state()
     model = system.model

@@ -345,11 +345,13 @@ class BaseSystem(pl.LightningModule):
     def _export_and_score(self, tag: str) -> Optional[Dict[str, Any]]:
         """Export the mesh; score it against the scene's ground-truth surface when there is one."""
         ctx = self.context
-        paths = export_mesh(self.model, ctx.export, ctx.scene_to_world, ctx.save_dir, tag)
-        if not ctx.gt_mesh_path or not paths or not ctx.export.world_coordinates:
+        tensorboard = self.logger.experiment if self.logger is not None and hasattr(self.logger, "experiment") else None
+        exported = export_mesh(self.model, ctx.export, ctx.scene_to_world, ctx.save_dir, tag,
+                               tensorboard=tensorboard, global_step=self.global_step)
+        if not ctx.gt_mesh_path or not exported.mesh_paths or not ctx.export.world_coordinates:
             return None
-        scores = score_mesh(paths[0], ctx.gt_mesh_path, self.cfg.eval_mesh_points, self.cfg.eval_mesh_threshold,
-                            self.cfg.eval_mesh_region)
+        scores = score_mesh(exported.mesh_paths[0], ctx.gt_mesh_path, self.cfg.eval_mesh_points,
+                            self.cfg.eval_mesh_threshold, self.cfg.eval_mesh_region)
         if self.logger is not None and hasattr(self.logger, "experiment"):
             for key, value in scores.items():
                 if isinstance(value, float) and key != "threshold":
