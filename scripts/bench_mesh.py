@@ -68,7 +68,7 @@ def model_field(config: str, checkpoint: Optional[str], device: str, overrides: 
     """The isosurface field of a toolkit model built from ``config`` (as launch.py builds it)."""
     import torch
 
-    from systems.base import RunContext
+    from systems.config import RunContext
     from systems.build import build_scene, build_system, load_experiment
     from utils.checkpoint import restore_weights
 

@@ -1,5 +1,5 @@
 """What NeuS and NeRF systems share: the Lightning hooks of a run (training, validation, test and
-predict steps), the loss terms every method has and their weighting, and the optimizers.
+predict steps), the weighting of the loss terms, and the optimizers.
 
 The jobs around them live elsewhere: the ray budget and the NaN/inf step guard are callbacks
 (systems/ray_budget.py, utils/callbacks.py), evaluation outputs are recorded by
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
@@ -18,75 +17,15 @@ from torch import Tensor
 
 from models.base import BaseModel
 from models.outputs import RenderOutput
-from models.rendering import distortion_loss
-from systems.evaluation import SplitRecorder, image_grid, image_metrics
-from systems.export import export_mesh, score_mesh
-from systems.losses import Weight, check_weight, mask_loss, opaque_loss, weight_at, weight_nonzero
+from systems.config import RunContext
+from systems.evaluation import SplitRecorder, image_grid, image_metrics, write_video
+from systems.export import export_and_score
+from systems.losses import Weight, check_weight, common_loss_terms, weight_at, weight_nonzero
 from systems.metrics import load_lpips, psnr, summarize_image_metrics, write_image_metrics
-from systems.optim import OptimizerConfig, SchedulerConfig, make_optimizer, make_scheduler
+from systems.optim import make_optimizer, make_scheduler
 from systems.schedule import TrainingSchedule
-from utils.experiment import ExportConfig
-from utils.saving import save_video
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunContext:
-    """What a system needs to know about the run and the data, besides its config and model."""
-
-    save_dir: Path  # the run's save/ folder (only rank zero writes there)
-    scene_to_world: Tensor  # [4, 4] scene -> input world coordinates
-    gt_mesh_path: Optional[str] = None
-    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
-
-
-@dataclasses.dataclass
-class CommonLossConfig:
-    """Weights of the terms every system has (see BaseSystem.common_losses)."""
-
-    lambda_rgb_mse: Weight = 0.0
-    lambda_rgb_l1: Weight = 0.0
-    lambda_mask: Weight = 0.0  # BCE of opacity against the dataset's masks (needs masks)
-    lambda_opaque: Weight = 0.0
-    lambda_distortion: Weight = 0.0
-    # distortion loss of the learned background (model.background), in normalized disparity
-    lambda_distortion_bg: Weight = 0.0
-    # the fields' own regularizers, e.g. the tri-plane's total variation ('tv') and 'l1'
-    lambda_tv: Weight = 0.0
-    lambda_l1: Weight = 0.0
-
-
-@dataclasses.dataclass
-class SystemConfig:
-    """Options every system shares."""
-
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
-    # rays per training step; with dynamic sampling, adjusted so each step has about
-    # target_samples_per_step samples, between train_num_rays_min and max_train_num_rays
-    train_num_rays: int = 256
-    dynamic_ray_sampling: bool = True
-    target_samples_per_step: int = 262144
-    max_train_num_rays: int = 8192
-    train_num_rays_min: int = 64
-    # a step whose loss or gradients are NaN/inf is skipped (no parameter update) and counted
-    # (train/skipped_steps); this many in a row stop the run, keeping its last (finite) checkpoint
-    max_consecutive_bad_steps: int = 20
-    # outputs
-    save_video: bool = True
-    save_gif: bool = False
-    video_fps: int = 20
-    export_mesh_at_test: bool = True
-    log_val_images: int = 2  # validation image grids sent to TensorBoard
-    # geometry metrics against the scene's ground-truth surface at test time, when it has one
-    eval_mesh_points: int = 100000
-    eval_mesh_threshold: float = 0.01
-    # evaluate only inside this region (world units): [xmin, ymin, zmin, xmax, ymax, zmax] (a box) or
-    # [cx, cy, cz, r] (a sphere); points of both surfaces outside it are dropped first
-    eval_mesh_region: Optional[List[float]] = None
-    # LPIPS at test time, when the lpips package and its weights are installed (else skipped with a message)
-    eval_lpips: bool = True
 
 
 class BaseSystem(pl.LightningModule):
@@ -178,14 +117,17 @@ class BaseSystem(pl.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.schedule is not None and self.schedule.timed and self.schedule.finished(self.global_step):
-            self.trainer.should_stop = True  # the time budget is spent (or the recipe is done)
+            # the time budget is spent (or the recipe done): the weights stand for the recipe's end
+            self.schedule_step = self.schedule.schedule_step(self.global_step)
+            self.trainer.should_stop = True
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
-        """Once per optimizer step; with a time budget, as many steps as the schedule advanced."""
+        """Once per optimizer step; with a time budget, up to the schedule step of now (Lightning
+        calls this after the optimizer step, with global_step already counting it)."""
         if self.schedule is None or not self.schedule.timed:
             scheduler.step()
             return
-        target = max(self.schedule_step + 1, self.global_step)
+        target = self.schedule.schedule_step(self.global_step)
         while scheduler.last_epoch < target:
             scheduler.step()
 
@@ -217,35 +159,7 @@ class BaseSystem(pl.LightningModule):
 
     def common_losses(self, batch: Dict[str, Tensor], out: RenderOutput) -> Dict[str, Tensor]:
         """The terms every system has: photometric, mask, opaque, distortion and the fields' regularizers."""
-        loss_cfg = self.cfg.loss
-        terms: Dict[str, Tensor] = {}
-        diff = out.rgb - batch["rgb"]
-        if weight_nonzero(loss_cfg.lambda_rgb_mse):
-            terms["rgb_mse"] = (diff ** 2).mean()
-        if weight_nonzero(loss_cfg.lambda_rgb_l1):
-            terms["rgb_l1"] = diff.abs().mean()
-        opacity = out.opacity.squeeze(-1)
-        if weight_nonzero(loss_cfg.lambda_mask):
-            terms["mask"] = mask_loss(opacity, batch["alpha"])
-        if weight_nonzero(loss_cfg.lambda_opaque):
-            terms["opaque"] = opaque_loss(opacity)
-        samples = out.samples
-        if weight_nonzero(loss_cfg.lambda_distortion) and samples is not None and len(samples) > 0:
-            terms["distortion"] = distortion_loss(
-                samples.weights, samples.t_starts, samples.t_ends, samples.ray_indices, samples.n_rays,
-                backend=self.model.cfg.backend,
-            ).mean()
-        bg = out.background
-        if weight_nonzero(loss_cfg.lambda_distortion_bg) and bg is not None and bg.samples is not None:
-            terms["distortion_bg"] = distortion_loss(
-                bg.samples.weights, bg.s_starts, bg.s_ends, bg.samples.ray_indices, bg.samples.n_rays,
-                backend=self.model.cfg.backend,
-            ).mean()
-        regs = self.model.field_regularizations()
-        for name in ("tv", "l1"):
-            if weight_nonzero(getattr(loss_cfg, f"lambda_{name}")) and name in regs:
-                terms[name] = regs[name]
-        return terms
+        return common_loss_terms(self.cfg.loss, batch, out, self.model)
 
     # ------------------------------------------------------------------ evaluation
     def render_image(self, batch: Dict[str, Any]) -> RenderOutput:
@@ -263,8 +177,8 @@ class BaseSystem(pl.LightningModule):
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         index, grid, _ = self._evaluate_image(batch, f"val/step{self.global_step:07d}/{{index:03d}}.png")
-        if batch_idx < self.cfg.log_val_images and self.logger is not None and hasattr(self.logger, "experiment"):
-            self.logger.experiment.add_image(f"val/{index:03d}", grid.permute(2, 0, 1).clamp(0, 1), self.global_step)
+        if batch_idx < self.cfg.log_val_images and self._tensorboard() is not None:
+            self._tensorboard().add_image(f"val/{index:03d}", grid.permute(2, 0, 1).clamp(0, 1), self.global_step)
 
     def on_validation_epoch_end(self) -> None:
         self.recorder.write_images(self.context.save_dir)
@@ -299,7 +213,7 @@ class BaseSystem(pl.LightningModule):
         if self.trainer.is_global_zero:
             self._write_video(frames, "test")
             if self.cfg.export_mesh_at_test:
-                geometry = self._export_and_score(f"step{self.global_step:07d}")
+                geometry = export_and_score(self.model, self.context, self.cfg, self._tensorboard(), self.global_step)
                 if geometry:
                     extra["geometry"] = geometry
             json_path, csv_path = write_image_metrics(
@@ -335,28 +249,13 @@ class BaseSystem(pl.LightningModule):
         return means
 
     def _write_video(self, frames: list, name: str) -> None:
-        if not frames or not self.cfg.save_video:
-            return
-        path = save_video(self.context.save_dir / f"{name}_step{self.global_step:07d}.mp4", frames, self.cfg.video_fps)
-        log.info("video: %s", path)
-        if self.cfg.save_gif:
-            save_video(path.with_suffix(".gif"), frames, self.cfg.video_fps)
+        if frames and self.cfg.save_video:
+            write_video(frames, self.context.save_dir / f"{name}_step{self.global_step:07d}.mp4", self.cfg.video_fps,
+                        self.cfg.save_gif)
 
-    def _export_and_score(self, tag: str) -> Optional[Dict[str, Any]]:
-        """Export the mesh; score it against the scene's ground-truth surface when there is one."""
-        ctx = self.context
-        tensorboard = self.logger.experiment if self.logger is not None and hasattr(self.logger, "experiment") else None
-        exported = export_mesh(self.model, ctx.export, ctx.scene_to_world, ctx.save_dir, tag,
-                               tensorboard=tensorboard, global_step=self.global_step)
-        if not ctx.gt_mesh_path or not exported.mesh_paths or not ctx.export.world_coordinates:
-            return None
-        scores = score_mesh(exported.mesh_paths[0], ctx.gt_mesh_path, self.cfg.eval_mesh_points,
-                            self.cfg.eval_mesh_threshold, self.cfg.eval_mesh_region)
-        if self.logger is not None and hasattr(self.logger, "experiment"):
-            for key, value in scores.items():
-                if isinstance(value, float) and key != "threshold":
-                    self.logger.experiment.add_scalar(f"test/mesh_{key}", value, self.global_step)
-        return scores
+    def _tensorboard(self):
+        """The TensorBoard SummaryWriter of the run's logger, or None."""
+        return self.logger.experiment if self.logger is not None and hasattr(self.logger, "experiment") else None
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):

@@ -23,7 +23,8 @@ import systems
 from datasets.base import Scene
 from datasets.datamodule import SceneDataModule
 from models.rendering import visual_hull_cells
-from systems.base import BaseSystem, RunContext
+from systems.base import BaseSystem
+from systems.config import RunContext
 from systems.ray_budget import DynamicRayBudget
 from systems.schedule import TrainingSchedule
 from utils.callbacks import AtomicModelCheckpoint, ConsoleProgress, GracefulStop, NonFiniteStepGuard

@@ -6,8 +6,9 @@ them (each image once, by index) and rank zero writes every file once.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch.nn.functional as F
@@ -16,7 +17,9 @@ from torch import Tensor
 from models.outputs import RenderOutput
 from systems.metrics import load_lpips, psnr, ssim
 from utils.distributed import all_gather, gather_to_zero, is_distributed
-from utils.saving import colorize_scalar, image_row, save_image, to_uint8
+from utils.saving import colorize_scalar, image_row, save_image, save_video, to_uint8
+
+log = logging.getLogger(__name__)
 
 
 def image_grid(batch: Dict[str, Any], out: RenderOutput, h: int, w: int) -> Tensor:
@@ -101,3 +104,12 @@ class SplitRecorder:
 
     def reset(self) -> None:
         self.rows, self.frames, self._pending = [], [], []
+
+
+def write_video(frames: Sequence[np.ndarray], path: Path, fps: int, gif: bool = False) -> Path:
+    """Frames [H, W, 3] uint8 as an MP4 at ``path`` (and a GIF beside it with ``gif``)."""
+    path = save_video(path, frames, fps)
+    log.info("video: %s", path)
+    if gif:
+        save_video(path.with_suffix(".gif"), frames, fps)
+    return path

@@ -141,3 +141,20 @@ def score_mesh(mesh_path: Path, gt_path: str, n_points: int, threshold: float,
     metrics = evaluate_mesh(str(mesh_path), gt_path, n_points=n_points, threshold=threshold, region=box)
     log.info("mesh vs ground truth: %s", ", ".join(f"{k}={v:.5f}" for k, v in metrics.items()))
     return dict(metrics, threshold=float(threshold), region=None if box is None else box.to_dict())
+
+
+def export_and_score(model: BaseModel, context, system_cfg, tensorboard=None, step: int = 0) -> Optional[Dict[str, object]]:
+    """The test's mesh: export it (context.export) as ``mesh_step<step>.*`` and score it against
+    the scene's ground-truth surface when there is one (system_cfg.eval_mesh_*); the scores are
+    also logged to TensorBoard as test/mesh_<metric>."""
+    exported = export_mesh(model, context.export, context.scene_to_world, context.save_dir, f"step{step:07d}",
+                           tensorboard=tensorboard, global_step=step)
+    if not context.gt_mesh_path or not exported.mesh_paths or not context.export.world_coordinates:
+        return None
+    scores = score_mesh(exported.mesh_paths[0], context.gt_mesh_path, system_cfg.eval_mesh_points,
+                        system_cfg.eval_mesh_threshold, system_cfg.eval_mesh_region)
+    if tensorboard is not None:
+        for key, value in scores.items():
+            if isinstance(value, float) and key != "threshold":
+                tensorboard.add_scalar(f"test/mesh_{key}", value, step)
+    return scores

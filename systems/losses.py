@@ -2,10 +2,14 @@
 utils/schedules.py: ``[[0, 0.0], [1000, 0.1]]`` ramps from 0 to 0.1 over the first 1000 steps)."""
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.outputs import RenderOutput
+from models.rendering import distortion_loss
 from utils.schedules import Weight, check_weight, weight_at, weight_nonzero  # noqa: F401 (re-exported)
 
 
@@ -39,3 +43,35 @@ def normal_smoothness_loss(normals: Tensor, perturbed_normals: Tensor) -> Tensor
 def curvature_loss(laplace: Tensor) -> Tensor:
     """Mean absolute Laplacian [S] of the SDF -> scalar."""
     return laplace.abs().mean()
+
+
+def common_loss_terms(loss_cfg: Any, batch: Dict[str, Tensor], out: RenderOutput, model: Any) -> Dict[str, Tensor]:
+    """The unweighted terms every system has, each only when its weight (loss_cfg.lambda_<name>)
+    can be non-zero: photometric (rgb_mse, rgb_l1), mask (BCE of opacity against batch["alpha"]),
+    opaque, distortion of the foreground and of the learned background, and the fields' own
+    regularizers (model.field_regularizations: tv, l1). batch: rays [R, ...]; out: their render."""
+    terms: Dict[str, Tensor] = {}
+    diff = out.rgb - batch["rgb"]
+    if weight_nonzero(loss_cfg.lambda_rgb_mse):
+        terms["rgb_mse"] = (diff ** 2).mean()
+    if weight_nonzero(loss_cfg.lambda_rgb_l1):
+        terms["rgb_l1"] = diff.abs().mean()
+    opacity = out.opacity.squeeze(-1)
+    if weight_nonzero(loss_cfg.lambda_mask):
+        terms["mask"] = mask_loss(opacity, batch["alpha"])
+    if weight_nonzero(loss_cfg.lambda_opaque):
+        terms["opaque"] = opaque_loss(opacity)
+    backend = model.cfg.backend
+    samples = out.samples
+    if weight_nonzero(loss_cfg.lambda_distortion) and samples is not None and len(samples) > 0:
+        terms["distortion"] = distortion_loss(samples.weights, samples.t_starts, samples.t_ends, samples.ray_indices,
+                                              samples.n_rays, backend=backend).mean()
+    bg = out.background
+    if weight_nonzero(loss_cfg.lambda_distortion_bg) and bg is not None and bg.samples is not None:
+        terms["distortion_bg"] = distortion_loss(bg.samples.weights, bg.s_starts, bg.s_ends, bg.samples.ray_indices,
+                                                 bg.samples.n_rays, backend=backend).mean()
+    regs = model.field_regularizations()
+    for name in ("tv", "l1"):
+        if weight_nonzero(getattr(loss_cfg, f"lambda_{name}")) and name in regs:
+            terms[name] = regs[name]
+    return terms

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from systems import register
-from systems.base import BaseSystem, CommonLossConfig, SystemConfig
+from systems.base import BaseSystem
+from systems.config import CommonLossConfig, SystemConfig
 from systems.losses import Weight
 
 

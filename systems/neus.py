@@ -8,7 +8,8 @@ from torch import Tensor
 
 from models.outputs import RenderOutput
 from systems import register
-from systems.base import BaseSystem, CommonLossConfig, SystemConfig
+from systems.base import BaseSystem
+from systems.config import CommonLossConfig, SystemConfig
 from systems.losses import (
     Weight,
     curvature_loss,

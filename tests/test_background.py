@@ -11,7 +11,7 @@ import launch
 import models
 import systems
 from models.rendering import contract, ray_aabb_intersect
-from systems.base import RunContext
+from systems.config import RunContext
 from systems.optim import OptimizerConfig, make_optimizer
 from tests.conftest import TINY_SCENE
 from tests.test_launch import TINY_RUN, synthetic_overrides

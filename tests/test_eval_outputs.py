@@ -172,7 +172,7 @@ def test_mesh_region_from_config_values():
 
 
 def test_bad_mesh_region_is_refused_before_work(tmp_path, tiny_scene_dir):
-    from systems.base import RunContext
+    from systems.config import RunContext
     from systems.build import build_system, load_experiment
 
     _, cfg = load_experiment("configs/neus-synthetic.yaml", [*tiny(tiny_scene_dir), "system.eval_mesh_region=[0,0,0,0,1,1]"])

@@ -137,13 +137,13 @@ def test_a_budgeted_run_stretches_its_schedules_over_the_time(tmp_path, tiny_sce
     (run,) = (tmp_path / "exp" / "neus-synthetic").iterdir()
     ckpt = read_checkpoint(run / "ckpt" / "last.ckpt")
     assert 2 <= ckpt["global_step"] < 2000  # stopped by the clock, far from 100000 steps
-    assert ckpt["schedule_step"] >= 0.9 * 100000
+    assert ckpt["schedule_step"] == 100000  # the weights stand for the recipe's end
     # the learning rate decayed as over the whole recipe (warmup-exponential to 0.1)
     lr = ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
     assert lr == pytest.approx(0.01 * 0.1, rel=0.1)
     events = EventAccumulator(str(tmp_path / "runs" / "neus-synthetic" / run.name)).Reload()
     steps = [e.value for e in events.Scalars("train/schedule_step")]
-    assert steps == sorted(steps) and steps[-1] >= 0.9 * 100000
+    assert steps == sorted(steps) and steps[-1] > steps[0]
     assert list((run / "save").glob("test_metrics_step*.json"))  # then tested as usual
     saved = OmegaConf.load(run / "config" / "parsed.yaml")
     assert saved.trainer.max_minutes == 0.1 and saved.profile == "cpu"

@@ -6,7 +6,7 @@ import torch
 
 import models
 import systems
-from systems.base import RunContext
+from systems.config import RunContext
 from systems.losses import weight_at
 from systems.optim import OptimizerConfig, SchedulerConfig, make_optimizer, make_scheduler
 from systems.ray_budget import DynamicRayBudget
