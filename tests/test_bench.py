@@ -94,7 +94,7 @@ def test_sso_compare_tiny(tmp_path, tiny_scene_dir, capsys):
     import scripts.sso_compare as sso
 
     overrides = [f"dataset.root_dir={tiny_scene_dir}"] + [f"dataset.{k}={v}" for k, v in TINY_SCENE.items()] + [
-        "trainer.enable_progress_bar=false", "export.resolution=32", "system.eval_mesh_points=2000",
+        "trainer.enable_progress_bar=false", "export.resolution=32", "export.texture.size=64", "export.preview.frames=4", "export.preview.size=32", "system.eval_mesh_points=2000",
         "system.train_num_rays=128", "model.grid.resolution=16", "system.save_video=false",
         "checkpoint.every_n_train_steps=2", "trainer.val_check_interval=2"]
     out = tmp_path / "out"

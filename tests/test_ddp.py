@@ -87,7 +87,7 @@ def ddp_run(tmp_path_factory, tiny_scene_dir):
         "trainer.strategy=ddp", "tag=ddp", *synthetic_overrides(tiny_scene_dir), *TINY_RUN,
         "trainer.max_steps=4", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=2",
         "model.geometry.xyz_encoding.inner.log2_hashmap_size=12", "model.num_samples_per_ray=64",
-        "system.max_train_num_rays=256", "export.resolution=32",
+        "system.max_train_num_rays=256", "export.resolution=32", "export.texture.size=64", "export.preview.frames=4", "export.preview.size=32",
         "system.eval_mesh_points=500", "system.eval_lpips=false",
     ]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)

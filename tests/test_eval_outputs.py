@@ -19,7 +19,7 @@ import systems.metrics as metrics
 from tests.conftest import TINY_SCENE
 
 QUICK = ["trainer.enable_progress_bar=false", "model.grid.resolution=16", "system.eval_mesh_points=2000",
-         "export.resolution=32", "system.save_video=false", "dataset.n_predict_views=2"]
+         "export.resolution=32", "export.texture.size=64", "export.preview.frames=4", "export.preview.size=32", "system.save_video=false", "dataset.n_predict_views=2"]
 
 
 def tiny(scene_dir):

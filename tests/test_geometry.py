@@ -203,3 +203,61 @@ def test_visual_hull_is_held_occupied_then_the_shell_grid_follows_the_field():
     occupied = model.grid.binaries[0]
     assert 0.05 < occupied.float().mean() < 0.9
     assert not bool(occupied[7:9, 7:9, 7:9].any()) and not bool(occupied[0, 0, 0])
+
+
+def test_visual_hull_carves_what_a_silhouette_rules_out():
+    """Four cameras around a sphere of radius 0.4 with its exact silhouettes as masks: every cell
+    inside the sphere stays, the box's corners and most of the rest go."""
+    import math
+
+    from datasets.cameras import camera_rays, look_at, pixel_directions
+
+    model = models.make("neus", {"radius": 1.0, "grid": {"resolution": 16}, "geometry": {"name": "volume-sdf", **SDF_CFG}})
+    size, focal = 48, 40.0
+    intrinsics = torch.tensor([[focal, focal, size / 2, size / 2]]).expand(4, 4)
+    c2ws, masks = [], []
+    for k in range(4):
+        angle = 2 * math.pi * k / 4 + 0.3
+        eye = torch.tensor([3.0 * math.cos(angle), 3.0 * math.sin(angle), 0.8])
+        c2w = look_at(eye, torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
+        dirs = pixel_directions(size, size, intrinsics[k]).reshape(-1, 3)
+        rays_o, rays_d = camera_rays(dirs, c2w)
+        # a ray hits the sphere when it passes within 0.4 of the centre
+        closest = (-(rays_o * rays_d).sum(-1, keepdim=True)) * rays_d + rays_o
+        masks.append((closest.norm(dim=-1) < 0.4).float().reshape(size, size))
+        c2ws.append(c2w)
+    hull = visual_hull_cells(model.grid, torch.stack(c2ws), intrinsics, masks)
+    centres = (torch.stack(torch.meshgrid(*[torch.arange(16.0)] * 3, indexing="ij"), -1) + 0.5) / 16 * 2 - 1
+    inside = centres.norm(dim=-1) < 0.4
+    assert bool(hull[inside].all())  # conservative: never carves the object
+    assert not bool(hull[0, 0, 0]) and not bool(hull[-1, -1, -1]) and not bool(hull[0, -1, 0])
+    assert 0.02 < float(hull.float().mean()) < 0.25  # most of the box is carved
+
+
+def test_cosine_annealing_blends_the_two_cosines():
+    """At ratio r NeuS uses -(relu(-cos/2 + 1/2)(1 - r) + relu(-cos) r) as the SDF's slope: the
+    annealed alpha lies between the ratio-0 and ratio-1 ones, and update_step sets r = step / end."""
+    sdf = torch.tensor([0.05, 0.05])
+    grad = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    dirs = torch.tensor([[0.0, 0.0, -0.5], [0.0, 0.0, 0.5]])  # facing the surface, and facing away
+    dists, inv_s = torch.full((2,), 0.1), torch.tensor(20.0)
+
+    def by_hand(r):
+        cos = (dirs * grad).sum(-1)
+        slope = -(torch.relu(-cos * 0.5 + 0.5) * (1 - r) + torch.relu(-cos) * r)
+        prev = torch.sigmoid((sdf - slope * dists * 0.5) * inv_s)
+        nxt = torch.sigmoid((sdf + slope * dists * 0.5) * inv_s)
+        return ((prev - nxt + 1e-5) / (prev + 1e-5)).clamp(0, 1)
+
+    for r in (0.0, 0.5, 1.0):
+        assert torch.allclose(neus_alpha(sdf, grad, dirs, dists, inv_s, r), by_hand(r), atol=1e-6)
+    half = neus_alpha(sdf, grad, dirs, dists, inv_s, 0.5)
+    ends = torch.stack([neus_alpha(sdf, grad, dirs, dists, inv_s, r) for r in (0.0, 1.0)])
+    assert bool(((half >= ends.min(0).values - 1e-7) & (half <= ends.max(0).values + 1e-7)).all())
+    assert float(half[1]) > 1000 * float(ends[1, 1])  # facing away: the annealed slope still gives it opacity
+    model = models.make("neus", {"radius": 1.0, "cos_anneal_end": 200, "grid": {"enabled": False},
+                                 "geometry": {"name": "volume-sdf", **SDF_CFG}})
+    model.update_step(0, 50)
+    assert model.cos_anneal_ratio == pytest.approx(0.25)
+    model.update_step(0, 500)
+    assert model.cos_anneal_ratio == 1.0

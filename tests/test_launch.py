@@ -11,7 +11,7 @@ from tests.conftest import TINY_SCENE
 
 TINY_RUN = [
     "trainer.max_steps=12", "trainer.val_check_interval=6", "trainer.enable_progress_bar=false",
-    "checkpoint.every_n_train_steps=6", "export.resolution=48", "system.eval_mesh_points=2000",
+    "checkpoint.every_n_train_steps=6", "export.resolution=48", "export.texture.size=64", "export.preview.frames=4", "export.preview.size=32", "system.eval_mesh_points=2000",
     "system.train_num_rays=128", "model.grid.resolution=16", "model.grid.warmup_steps=4",
     "model.grid.update_every=4", "dataset.n_predict_views=2",
 ]
@@ -56,6 +56,11 @@ def test_train_leaves_a_complete_run_folder(trained):
     assert len(list((save / "test").glob("*.png"))) == TINY_SCENE["n_test"]
     assert (save / "test_step0000012.mp4").stat().st_size > 0
     assert trimesh.load(save / "mesh_step0000012.ply").vertices.shape[0] > 0
+    # the textured mesh (glTF, and OBJ with its material and texture) and the turntable preview
+    for name in ("textured.glb", "textured.obj", "textured.mtl", "textured.png", "preview.png", "preview.mp4"):
+        assert (save / f"mesh_step0000012_{name}").stat().st_size > 0, name
+    glb = trimesh.load(save / "mesh_step0000012_textured.glb", force="mesh")
+    assert glb.visual.kind == "texture" and glb.visual.uv.shape == (len(glb.vertices), 2)
     metrics = json.loads((save / "test_metrics_step0000012.json").read_text())
     assert set(metrics["mean"]) == {"psnr", "ssim"} and "chamfer" in metrics["geometry"]
     events = list((tmp / "runs" / "neus-synthetic" / root.name).glob("events.out.tfevents.*"))

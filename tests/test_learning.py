@@ -11,7 +11,7 @@ from tests.test_launch import run, synthetic_overrides
 
 SHORT_FIT = [
     "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-    "checkpoint.every_n_train_steps=1000", "export.resolution=32", "system.eval_mesh_points=1000",
+    "checkpoint.every_n_train_steps=1000", "export.resolution=32", "export.texture.size=64", "export.preview.frames=4", "export.preview.size=32", "system.eval_mesh_points=1000",
     "system.train_num_rays=512", "system.max_train_num_rays=512", "model.grid.resolution=16",
     "model.grid.warmup_steps=4", "model.grid.update_every=4", "dataset.n_predict_views=1",
     "system.save_video=false", "system.scheduler.args.warmup_steps=5",

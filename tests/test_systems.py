@@ -145,3 +145,42 @@ def test_normal_smoothness_term_compares_normals_at_nearby_surface_points():
 def test_curvature_needs_laplace():
     with pytest.raises(ValueError, match="compute_laplace"):
         neus_system(loss={"lambda_curvature": 0.1})
+
+
+# ------------------------------------------------------------------------------------------------
+# loss terms against hand computations
+# ------------------------------------------------------------------------------------------------
+def test_loss_terms_match_hand_computations():
+    import math
+
+    from systems.losses import curvature_loss, eikonal_loss, mask_loss, opaque_loss, sparsity_loss
+
+    # eikonal: gradients of length 1, 2 and 0 -> ((0)^2 + (1)^2 + (-1)^2) / 3
+    grads = torch.tensor([[0.0, 0.6, 0.8], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert float(eikonal_loss(grads)) == pytest.approx(2.0 / 3.0)
+    # mask: binary cross-entropy; opacity is clamped to [1e-3, 1 - 1e-3] first
+    opacity, mask = torch.tensor([0.9, 0.2, 1.0]), torch.tensor([1.0, 0.0, 0.0])
+    expected = -(math.log(0.9) + math.log(0.8) + math.log(1e-3)) / 3
+    assert float(mask_loss(opacity, mask)) == pytest.approx(expected, rel=1e-4)
+    # opaque: the binary entropy of opacity, largest at 0.5
+    assert float(opaque_loss(torch.tensor([0.5]))) == pytest.approx(math.log(2.0), rel=1e-5)
+    assert float(opaque_loss(torch.tensor([0.5, 0.999]))) < float(opaque_loss(torch.tensor([0.5])))
+    # sparsity: mean of exp(-scale |sdf|)
+    sdf = torch.tensor([0.0, 0.5, -1.0])
+    assert float(sparsity_loss(sdf, 2.0)) == pytest.approx((1.0 + math.exp(-1.0) + math.exp(-2.0)) / 3)
+    # curvature: mean absolute Laplacian
+    assert float(curvature_loss(torch.tensor([1.0, -3.0, 0.5]))) == pytest.approx(1.5)
+
+
+def test_a_scheduled_loss_weight_is_applied_in_the_training_step(monkeypatch):
+    """A [[step, value], ...] weight ramps the term's share of the step's loss with the (schedule) step."""
+    system = neus_system(loss={"lambda_eikonal": [[0, 0.0], [100, 1.0]], "lambda_rgb_l1": 0.5})
+    monkeypatch.setattr(system, "log", lambda *args, **kwargs: None)  # (no Trainer to log to)
+    monkeypatch.setattr(system, "losses", lambda batch, out: {"eikonal": torch.tensor(2.0), "rgb_l1": torch.tensor(5.0)})
+    system.model.train()
+    batch, _ = render_rays_at_the_origin(system, n=8)
+    totals = []
+    for step in (0, 50, 100, 400):
+        system.schedule_step = step  # as on_train_batch_start sets it
+        totals.append(float(system.training_step(batch, 0)["loss"]))
+    assert totals == pytest.approx([2.5, 3.5, 4.5, 4.5])
