@@ -175,3 +175,29 @@ def test_switching_a_component_drops_the_old_options(tmp_path):
 
     swapped = parse(Outer, load_config(preset, ["part.name=spring", "part.stiffness=3"]))
     assert swapped.part.name == "spring" and swapped.part.stiffness == 3.0
+
+
+def test_resolvers_register_on_omegaconf_2_3_and_2_4(monkeypatch):
+    """2.4's register_resolver takes use_cache; 2.3's is a legacy one without it, beside
+    register_new_resolver: the right one is picked by signature."""
+    import utils.config as config
+
+    calls = []
+
+    def legacy(name, resolver):  # omegaconf <= 2.3
+        calls.append(("legacy", name))
+
+    def new(name, resolver, *, replace=False, use_cache=False):
+        calls.append(("new", name, use_cache))
+
+    monkeypatch.setattr(OmegaConf, "register_resolver", staticmethod(legacy), raising=False)
+    monkeypatch.setattr(OmegaConf, "register_new_resolver", staticmethod(new), raising=False)
+    config._register_resolver("x", lambda: 1, use_cache=True)
+    assert calls == [("new", "x", True)]
+
+    def current(name, resolver, *, replace=False, use_cache=False):  # omegaconf >= 2.4
+        calls.append(("current", name, use_cache))
+
+    monkeypatch.setattr(OmegaConf, "register_resolver", staticmethod(current), raising=False)
+    config._register_resolver("y", lambda: 1, use_cache=False)
+    assert calls[-1] == ("current", "y", False)
