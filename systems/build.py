@@ -73,9 +73,11 @@ def start_grid_from_masks(system: BaseSystem, datamodule: SceneDataModule) -> No
         return
     train = datamodule.split("train")
     if not train.has_mask:
-        log.warning("model.grid.init_from_masks is set but the training images have no masks: skipped")
+        log.warning("model.grid.init_from_masks is set but the training images have no masks (%s): skipped",
+                    train.mask_info or "none")
         return
-    kept = model.start_grid_from_hull(visual_hull_cells(model.grid, train.c2w, train.intrinsics, train.alpha))
+    # each view's mask at its own size
+    kept = model.start_grid_from_hull(visual_hull_cells(model.grid, train.c2w, train.intrinsics, train.masks()))
     log.info("occupancy grid started from the masks' visual hull: %.1f%% of the box kept", 100 * kept)
 
 
