@@ -260,10 +260,11 @@ def warn_small_images(resized: Sequence[Tuple[str, Tuple[int, int], Tuple[int, i
 
 
 def mask_content(alphas: Sequence[np.ndarray]) -> str:
-    """What a set of foreground masks [H_i, W_i] holds: 'varied' (foreground and background),
-    'all foreground' or 'all background' (then they say nothing about the object)."""
+    """What a set of foreground masks [H_i, W_i] holds: 'varied' (foreground and background), or
+    else a phrase saying they are all foreground / all background (then they say nothing about
+    the object)."""
     any_fg = any(bool((np.asarray(a) >= 0.5).any()) for a in alphas)
     any_bg = any(bool((np.asarray(a) < 0.5).any()) for a in alphas)
     if any_fg and any_bg:
         return "varied"
-    return "all foreground" if any_fg else "all background"
+    return "all foreground (fully opaque)" if any_fg else "all background (fully transparent)"

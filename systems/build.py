@@ -20,10 +20,11 @@ from omegaconf import DictConfig
 import datasets
 import models
 import systems
-from datasets.base import Scene
+from datasets.base import DatasetError, Scene
 from datasets.datamodule import SceneDataModule
 from models.rendering import visual_hull_cells
 from systems.base import BaseSystem, RunContext
+from systems.losses import weight_nonzero
 from systems.ray_budget import DynamicRayBudget
 from utils.callbacks import AtomicModelCheckpoint, ConsoleProgress, GracefulStop, NonFiniteStepGuard
 from utils.config import load_config, migrate_keys
@@ -64,6 +65,30 @@ def build_scene(cfg: ExperimentConfig) -> Scene:
 def build_system(cfg: ExperimentConfig, context: RunContext) -> BaseSystem:
     model = models.make(cfg.model.name, cfg.model, path="model")
     return systems.make(cfg.system.name, cfg.system, model, context, path="system")
+
+
+def check_run_data(cfg: ExperimentConfig, scene: Scene, action: str) -> None:
+    """What the config asks of the data that the data cannot give, found before a run starts (call
+    it after ``build_scene``, before the run folder is made; it reads the training images once,
+    which the run then reuses): a mask loss (system.loss.lambda_mask > 0) without masks is refused
+    with a one-line DatasetError naming the key, or, with system.loss.mask_loss_without_masks:
+    off, switched off for this run (cfg is changed) with a warning."""
+    loss = cfg.system.loss
+    if action != "train" or not weight_nonzero(loss.lambda_mask):
+        return
+    train = scene.split("train")
+    if train.has_mask:
+        return
+    problem = f"system.loss.lambda_mask is {loss.lambda_mask} but the training data has no masks ({train.mask_info})"
+    if loss.mask_loss_without_masks == "off":
+        log.warning("%s: training without the mask loss (system.loss.mask_loss_without_masks: off)", problem)
+        loss.lambda_mask = 0.0
+        return
+    raise DatasetError(
+        f"{problem}: against all-opaque alpha the mask loss makes the whole box opaque; set "
+        "system.loss.lambda_mask=0 (captures without masks: add model.background={name: nerf-background}) "
+        "or provide masks"
+    )
 
 
 def start_grid_from_masks(system: BaseSystem, datamodule: SceneDataModule) -> None:
@@ -152,6 +177,7 @@ def build_run(cfg: ExperimentConfig, run_paths: RunPaths, action: str = "train",
     ``run_paths``. ``extra_callbacks`` run after the toolkit's own; ``scene`` skips loading it again."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     scene = scene if scene is not None else build_scene(cfg)
+    check_run_data(cfg, scene, action)  # (nothing left to do when the caller checked already)
     context = RunContext(save_dir=run_paths.save_dir, scene_to_world=scene.scene_to_world,
                          gt_mesh_path=scene.gt_mesh_path, export=cfg.export)
     system = build_system(cfg, context)

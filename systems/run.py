@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from systems.build import build_run, build_scene, load_experiment
+from systems.build import build_run, build_scene, check_run_data, load_experiment
 from utils.config import to_plain
 from utils.experiment import ExperimentConfig
 
@@ -107,6 +107,7 @@ def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: 
 
     try:
         scene = build_scene(cfg)  # bad data stops the run before any folder is made
+        check_run_data(cfg, scene, action)
     except DatasetError as err:
         raise RunError(str(err)) from err
 
