@@ -152,6 +152,11 @@ class Scene:
         """Read the split from disk (each call reads it again)."""
         raise NotImplementedError
 
+    def setup_overview(self):
+        """The cameras (and points) ``datasets.scene_setup`` draws, as a SceneOverview in scene
+        coordinates; None when the scene has nothing to show."""
+        return None
+
     def split(self, split: Split) -> SceneSplit:
         """``load_split(split)`` read once and kept, so a run's data checks and its datamodule share it."""
         if split not in self._splits:
@@ -201,6 +206,19 @@ def read_image(path: Path) -> np.ndarray:
         raise DatasetError(f"image '{path}' has an unexpected shape {img.shape}")
     scale = 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
     return img.astype(np.float32) / scale
+
+
+def image_size(path: Path) -> Tuple[int, int]:
+    """(width, height) of an image file, from its header."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise DatasetError(f"image file '{path}' does not exist")
+    try:
+        with Image.open(path) as img:
+            return int(img.size[0]), int(img.size[1])
+    except Exception as err:
+        raise DatasetError(f"cannot read image '{path}': {err}") from err
 
 
 def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -28,6 +28,7 @@ from datasets.base import (
     SceneSplit,
     Split,
     check_poses,
+    image_size,
     mask_content,
     read_image,
     require_folder,
@@ -199,6 +200,41 @@ class BlenderScene(Scene):
         w, h = target_size(stored_w, stored_h, self.cfg.img_wh, self.cfg.img_downscale, f"image '{path}'")
         k = self._intrinsics(meta, meta["frames"][0], stored_w, stored_h, source)
         return scale_intrinsics(k, w / stored_w, h / stored_h), w, h
+
+    def setup_overview(self):
+        """The cameras of the train, val and test files (train marked) at their loaded sizes, read
+        from the JSON and the image headers; the photos as loaded; for datasets.scene_setup."""
+        from datasets.scene_setup import SceneOverview
+
+        c2w, intrinsics, sizes, is_train, names, paths = [], [], [], [], [], []
+        for split in dict.fromkeys(["train", self.cfg.val_split, self.cfg.test_split]):
+            meta = self._meta(split)
+            source = str(meta["_path"])
+            for index, frame in enumerate(meta["frames"]):
+                path = self._image_path(frame, source, index)
+                stored_w, stored_h = image_size(path)
+                w, h = target_size(stored_w, stored_h, self.cfg.img_wh, self.cfg.img_downscale, f"image '{path}'")
+                k = self._intrinsics(meta, frame, stored_w, stored_h, source)
+                intrinsics.append(scale_intrinsics(k, w / stored_w, h / stored_h).double().numpy())
+                c2w.append(opengl_to_opencv(torch.tensor(frame["transform_matrix"], dtype=torch.float64))[:3].numpy())
+                sizes.append((h, w))
+                is_train.append(split == "train")
+                names.append(f"{split}/{path.name}")
+                paths.append(path)
+
+        def load_image(i: int) -> np.ndarray:
+            img = resize_image(read_image(paths[i]), sizes[i][1], sizes[i][0])
+            rgb = img[..., :3] if img.shape[2] >= 3 else np.repeat(img[..., :1], 3, axis=2)
+            return rgb * img[..., 3:] + (1.0 - img[..., 3:]) if img.shape[2] == 4 else rgb  # over white
+
+        points, label = self.surface_points()
+        return SceneOverview(c2w=np.stack(c2w), intrinsics=np.stack(intrinsics), sizes=np.array(sizes),
+                             is_train=np.array(is_train), radius=self.scene_radius, names=names, points=points,
+                             load_image=load_image, points_label=label)
+
+    def surface_points(self):
+        """(points [P, 3] on the scene's surface to draw, what they are): none for a Blender scene."""
+        return None, "points"
 
     def load_split(self, split: Split) -> SceneSplit:
         if split == "predict":

@@ -73,19 +73,6 @@ class CaptureView:
     mask_path: Optional[Path] = None
 
 
-def image_size(path: Path) -> Tuple[int, int]:
-    """(width, height) of an image file, from its header."""
-    from PIL import Image
-
-    if not path.is_file():
-        raise DatasetError(f"image file '{path}' does not exist")
-    try:
-        with Image.open(path) as img:
-            return int(img.size[0]), int(img.size[1])
-    except Exception as err:
-        raise DatasetError(f"cannot read image '{path}': {err}") from err
-
-
 def read_mask(path: Path) -> np.ndarray:
     """A mask image (grey, RGB or RGBA) as float32 [H, W, 1] in [0, 1]: the mean of its colour channels
     (or its alpha, when it has one)."""
@@ -103,6 +90,8 @@ class CaptureScene(Scene):
     layout: str = ""
     #: sparse points [P, 3] in world coordinates (COLMAP's points3D), when the layout has them
     points_world: Optional[np.ndarray] = None
+    #: their colours [P, 3] uint8, when known
+    points_rgb: Optional[np.ndarray] = None
 
     def __init__(self, cfg, scene_radius: float = 1.0) -> None:
         super().__init__(cfg, scene_radius)
@@ -248,6 +237,26 @@ class CaptureScene(Scene):
         if content != "varied":
             return False, f"every mask of {self.root} is {content}"
         return True, f"the masks of {self.root}"
+
+    def setup_overview(self):
+        """Every view's camera at its loaded size (training views marked), the sparse points and
+        the photos (as the run loads them), for datasets.scene_setup."""
+        from datasets.scene_setup import SceneOverview
+
+        n = len(self.views)
+        is_train = np.zeros(n, dtype=bool)
+        is_train[self.train_index] = True
+        return SceneOverview(
+            c2w=np.asarray(self.c2w_scene, dtype=np.float64),
+            intrinsics=np.stack([self.intrinsics(i).double().numpy() for i in range(n)]),
+            sizes=np.array([self.loaded_size(i)[::-1] for i in range(n)]),
+            is_train=is_train,
+            radius=self.scene_radius,
+            names=[v.name for v in self.views],
+            points=self.points_scene,
+            points_rgb=self.points_rgb,
+            load_image=lambda i: self._image(i)[0],
+        )
 
     # -------------------------------------------------------------- splits
     def scene_up(self) -> np.ndarray:

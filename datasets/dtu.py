@@ -22,8 +22,8 @@ from typing import Optional, Tuple
 import numpy as np
 
 from datasets import register
-from datasets.base import DatasetError
-from datasets.captures import CaptureConfig, CaptureScene, CaptureView, image_size
+from datasets.base import DatasetError, image_size
+from datasets.captures import CaptureConfig, CaptureScene, CaptureView
 from datasets.normalization import invert_similarity, transform_poses
 from datasets.undistort import LensCamera
 from utils.mesh import check_similarity

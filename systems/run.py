@@ -88,6 +88,7 @@ def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: 
     command line ``args`` and the ``key=value`` overrides; ``extra_callbacks`` join the run's."""
     from datasets.base import DatasetError
     from datasets.normalization import write_scene_transform
+    from datasets.scene_setup import write_scene_setup
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from systems.export import export_mesh
@@ -120,6 +121,7 @@ def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: 
             info = {"dataset": cfg.dataset.name, **({"root_dir": str(cfg.dataset.root_dir)}
                                                     if hasattr(cfg.dataset, "root_dir") else {})}
             write_scene_transform(run_paths.save_dir / "scene_to_world.json", scene.scene_to_world.numpy(), **info)
+            write_scene_setup(scene, run_paths.save_dir)  # save/scene_setup.png: cameras, points, box
         except (RunFolderError, OSError) as err:
             raise RunError(str(err)) from err
         log.info("run folder: %s (TensorBoard: %s)", run_paths.root, run_paths.tb_dir)
