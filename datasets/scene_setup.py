@@ -269,8 +269,8 @@ def write_setup_ply(ov: SceneOverview, path: Path) -> Path:
 
 def write_scene_setup(scene, save_dir: Path) -> Optional[Tuple[Path, Path]]:
     """``save_dir``/scene_setup.png and .ply of ``scene`` (see the module's docstring); None when
-    the scene has nothing to show. Writing errors (OSError) propagate; a failure to draw is logged
-    as a warning, not fatal: the picture is a check, not an output of the run."""
+    the scene has nothing to show. A failure to draw or to write them is a warning, not fatal: the
+    picture is a check, not an output of the run (a full disk stops the run where it writes outputs)."""
     try:
         ov = scene.setup_overview()
     except Exception as err:  # noqa: BLE001 (a diagnostic must not stop the run)
@@ -281,15 +281,19 @@ def write_scene_setup(scene, save_dir: Path) -> Optional[Tuple[Path, Path]]:
     import imageio.v3 as iio
 
     save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
     try:
         picture = draw_scene_setup(ov)
     except Exception as err:  # noqa: BLE001
         log.warning("scene set-up picture skipped: %s", err)
         return None
     png = save_dir / "scene_setup.png"
-    iio.imwrite(png, picture)
-    ply = write_setup_ply(ov, save_dir / "scene_setup.ply")
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(png, picture)
+        ply = write_setup_ply(ov, save_dir / "scene_setup.ply")
+    except OSError as err:
+        log.warning("cannot write the scene set-up picture into '%s': %s", save_dir, err.strerror or err)
+        return None
     log.info("check the framing: %s (cameras, %s and the model's box; also %s)", png,
              ov.points_label if ov.points is not None else "no points", ply.name)
     return png, ply

@@ -95,3 +95,28 @@ def test_nothing_to_show_or_a_failure_does_not_stop_a_run(tmp_path, caplog, monk
         assert write_scene_setup(Bare(None), tmp_path) is None
     assert "scene set-up picture skipped: no cameras here" in caplog.text
     assert not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_leaves_the_picture_out_with_a_warning(tmp_path, caplog, monkeypatch):
+    import errno
+
+    import imageio.v3 as iio
+
+    from datasets.scene_setup import SceneOverview
+
+    class TwoCameras(Scene):
+        def setup_overview(self):
+            c2w = fx.poses_a(2, distance=3.0)
+            return SceneOverview(c2w=c2w, intrinsics=np.tile([20.0, 20.0, 16.0, 12.0], (2, 1)),
+                                 sizes=np.tile([24, 32], (2, 1)), is_train=np.array([True, False]), radius=1.0)
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(iio, "imwrite", full)
+    with caplog.at_level(logging.WARNING):
+        assert write_scene_setup(TwoCameras(None), tmp_path / "save") is None
+    assert "cannot write the scene set-up picture" in caplog.text and "No space left on device" in caplog.text
+    monkeypatch.undo()
+    png, _ = write_scene_setup(TwoCameras(None), tmp_path / "save")  # no photos: the views and the legend
+    assert iio.imread(png).shape[0] < 2 * PANEL
