@@ -120,3 +120,28 @@ def test_a_full_disk_leaves_the_picture_out_with_a_warning(tmp_path, caplog, mon
     monkeypatch.undo()
     png, _ = write_scene_setup(TwoCameras(None), tmp_path / "save")  # no photos: the views and the legend
     assert iio.imread(png).shape[0] < 2 * PANEL
+
+
+def shared(name):
+    from tests.conftest import SHARED_DATA
+
+    return pytest.mark.skipif(not (SHARED_DATA / name).is_dir(), reason=f"shared data not present at {SHARED_DATA / name}")
+
+
+@shared("beer_colmap")
+@pytest.mark.skipif(pycolmap is None, reason="pycolmap is not installed")
+def test_shared_beer_colmap_box_and_picture(tmp_path):
+    """neus-colmap's object box on a real phone capture: the cameras outside it, most sparse points
+    (the can and the floor around it) inside, the walls and strays outside; the picture is written."""
+    from systems.build import build_scene, load_experiment
+    from tests.conftest import SHARED_DATA
+
+    _, cfg = load_experiment("configs/neus-colmap.yaml", [f"dataset.root_dir={SHARED_DATA / 'beer_colmap'}",
+                                                          "dataset.img_downscale=8"])
+    scene = build_scene(cfg)
+    eyes = scene.c2w_scene[:, :, 3]
+    assert not (np.abs(eyes) < 1.0).all(-1).any()
+    inside = (np.abs(scene.points_scene) <= 1.0).all(-1).mean()
+    assert 0.6 < inside < 0.97
+    png, _ = write_scene_setup(scene, tmp_path)
+    assert png.is_file()
