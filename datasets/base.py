@@ -8,15 +8,18 @@ scene coordinates back to the input's own world frame (identity when the input i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
-from typing import List, Literal, Optional, Sequence
+from typing import List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 Split = Literal["train", "val", "test", "predict"]
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -25,37 +28,108 @@ class DatasetError(ValueError):
 
 @dataclasses.dataclass
 class SceneSplit:
-    """The images and cameras of one split.
+    """The images and cameras of one split. Each image keeps its own size and intrinsics.
 
-    rgb [N, H, W, 3] float in [0, 1] (colour where alpha > 0; None when there is no ground truth),
-    alpha [N, H, W] float in [0, 1] (foreground coverage; ones when the data has no masks),
-    intrinsics [N, 4] (fx, fy, cx, cy), c2w [N, 3, 4] OpenCV, in scene coordinates.
+    c2w [N, 3, 4] OpenCV, in scene coordinates; intrinsics [N, 4] (fx, fy, cx, cy) of each image at
+    its loaded size; sizes [N, 2] int64 (H_i, W_i).
+
+    The pixels of all images are packed into one array, image after image and row-major within
+    each (so one index draws a pixel of any image, and images of different sizes waste nothing):
+    pixel (x, y) of image i is row ``offsets[i] + y * W_i + x`` of
+    pixels_rgb [P, 3] float in [0, 1] (colour where alpha > 0; None when there is no ground truth) and
+    pixels_alpha [P] float in [0, 1] (foreground coverage; ones when the data has no masks),
+    with P = sum_i H_i W_i. ``image(i)`` / ``mask(i)`` are views [H_i, W_i, 3] / [H_i, W_i] of them.
+
+    has_mask: whether the alpha holds real foreground masks (not all ones, not all empty);
+    mask_info says where they came from or why there are none (for messages).
     """
 
     c2w: Tensor
     intrinsics: Tensor
-    width: int
-    height: int
-    rgb: Optional[Tensor] = None
-    alpha: Optional[Tensor] = None
+    sizes: Tensor
+    pixels_rgb: Optional[Tensor] = None
+    pixels_alpha: Optional[Tensor] = None
     has_mask: bool = False
     names: List[str] = dataclasses.field(default_factory=list)
+    mask_info: str = ""
 
     def __post_init__(self) -> None:
         n = self.c2w.shape[0]
         if self.intrinsics.shape != (n, 4):
             raise DatasetError(f"intrinsics must be [{n}, 4], got {tuple(self.intrinsics.shape)}")
-        if self.rgb is not None and self.rgb.shape != (n, self.height, self.width, 3):
-            raise DatasetError(f"images must be [{n}, {self.height}, {self.width}, 3], got {tuple(self.rgb.shape)}")
-        if self.alpha is not None and self.alpha.shape != (n, self.height, self.width):
-            raise DatasetError(f"masks must be [{n}, {self.height}, {self.width}], got {tuple(self.alpha.shape)}")
+        self.sizes = torch.as_tensor(self.sizes, dtype=torch.int64).reshape(-1, 2)
+        if self.sizes.shape[0] != n or bool((self.sizes <= 0).any()):
+            raise DatasetError(f"sizes must be [{n}, 2] positive (height, width), got {self.sizes.tolist()[:4]}")
+        counts = self.sizes[:, 0] * self.sizes[:, 1]
+        #: [N + 1] int64: where each image's pixels start in the packed arrays (and the total)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
+        total = int(self.offsets[-1])
+        if self.pixels_rgb is not None and self.pixels_rgb.shape != (total, 3):
+            raise DatasetError(f"packed images must be [{total}, 3], got {tuple(self.pixels_rgb.shape)}")
+        if self.pixels_alpha is not None and self.pixels_alpha.shape != (total,):
+            raise DatasetError(f"packed masks must be [{total}], got {tuple(self.pixels_alpha.shape)}")
+        heights, widths = self.sizes.unique(dim=0).unbind(-1) if n else (torch.zeros(0), torch.zeros(0))
+        #: (H, W) when every image has that size, else None
+        self.common_size: Optional[Tuple[int, int]] = (int(heights[0]), int(widths[0])) if len(heights) == 1 else None
+
+    @classmethod
+    def from_images(cls, c2w: Tensor, intrinsics: Tensor, images: Sequence[np.ndarray], alphas: Sequence[np.ndarray],
+                    has_mask: bool, names: Sequence[str] = (), mask_info: str = "") -> "SceneSplit":
+        """Pack per-image rgb [H_i, W_i, 3] and alpha [H_i, W_i] (numpy float32) into a split."""
+        sizes = torch.tensor([img.shape[:2] for img in images], dtype=torch.int64).reshape(-1, 2)
+        for img, a in zip(images, alphas):
+            if a.shape != img.shape[:2]:
+                raise DatasetError(f"a mask is {a.shape} but its image is {img.shape[:2]}")
+        rgb = torch.from_numpy(np.concatenate([np.asarray(img, np.float32).reshape(-1, 3) for img in images]))
+        alpha = torch.from_numpy(np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in alphas]))
+        return cls(c2w=c2w, intrinsics=intrinsics, sizes=sizes, pixels_rgb=rgb, pixels_alpha=alpha,
+                   has_mask=has_mask, names=list(names), mask_info=mask_info)
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
 
     @property
     def has_ground_truth(self) -> bool:
-        return self.rgb is not None
+        return self.pixels_rgb is not None
+
+    def size(self, index: int) -> Tuple[int, int]:
+        """(height, width) of image ``index``."""
+        h, w = self.sizes[index].tolist()
+        return int(h), int(w)
+
+    def image(self, index: int) -> Tensor:
+        """The colours of image ``index`` [H_i, W_i, 3] (a view into the packed pixels)."""
+        if self.pixels_rgb is None:
+            raise DatasetError("this split has no images (no ground truth)")
+        h, w = self.size(index)
+        start = int(self.offsets[index])
+        return self.pixels_rgb[start:start + h * w].view(h, w, 3)
+
+    def mask(self, index: int) -> Tensor:
+        """The alpha of image ``index`` [H_i, W_i] (a view into the packed pixels)."""
+        if self.pixels_alpha is None:
+            raise DatasetError("this split has no images (no ground truth)")
+        h, w = self.size(index)
+        start = int(self.offsets[index])
+        return self.pixels_alpha[start:start + h * w].view(h, w)
+
+    def masks(self) -> List[Tensor]:
+        """Every image's alpha [H_i, W_i], in order."""
+        return [self.mask(i) for i in range(len(self))]
+
+    def take(self, index: Tensor) -> "SceneSplit":
+        """A split holding only the views at ``index`` [K] (int64), in that order."""
+        index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+        rgb = alpha = None
+        if self.pixels_rgb is not None:
+            rows = torch.cat([torch.arange(int(self.offsets[i]), int(self.offsets[i + 1])) for i in index.tolist()]) \
+                if len(index) else torch.zeros(0, dtype=torch.int64)
+            rgb = self.pixels_rgb[rows]
+            alpha = None if self.pixels_alpha is None else self.pixels_alpha[rows]
+        return SceneSplit(c2w=self.c2w[index], intrinsics=self.intrinsics[index], sizes=self.sizes[index],
+                          pixels_rgb=rgb, pixels_alpha=alpha, has_mask=self.has_mask,
+                          names=[self.names[i] for i in index.tolist()] if self.names else [],
+                          mask_info=self.mask_info)
 
 
 class Scene:
@@ -72,9 +146,22 @@ class Scene:
         #: normalize the input fit the object into it
         self.scene_radius = float(scene_radius)
         self.scene_to_world = torch.eye(4)
+        self._splits: dict = {}
 
     def load_split(self, split: Split) -> SceneSplit:
+        """Read the split from disk (each call reads it again)."""
         raise NotImplementedError
+
+    def setup_overview(self):
+        """The cameras (and points) ``datasets.scene_setup`` draws, as a SceneOverview in scene
+        coordinates; None when the scene has nothing to show."""
+        return None
+
+    def split(self, split: Split) -> SceneSplit:
+        """``load_split(split)`` read once and kept, so a run's data checks and its datamodule share it."""
+        if split not in self._splits:
+            self._splits[split] = self.load_split(split)
+        return self._splits[split]
 
 
 # --------------------------------------------------------------------------- shared checks
@@ -121,6 +208,19 @@ def read_image(path: Path) -> np.ndarray:
     return img.astype(np.float32) / scale
 
 
+def image_size(path: Path) -> Tuple[int, int]:
+    """(width, height) of an image file, from its header."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise DatasetError(f"image file '{path}' does not exist")
+    try:
+        with Image.open(path) as img:
+            return int(img.size[0]), int(img.size[1])
+    except Exception as err:
+        raise DatasetError(f"cannot read image '{path}': {err}") from err
+
+
 def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize [H, W, C] float to (height, width) with area averaging when shrinking."""
     import cv2
@@ -133,16 +233,19 @@ def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def target_size(width: int, height: int, img_wh: Optional[Sequence[int]], img_downscale: Optional[float], source: str):
-    """The (w, h) to load at, from either ``img_wh`` or ``img_downscale`` (not both)."""
+    """The (w, h) to load an image stored at (width, height) at, from either ``img_wh`` (that size
+    exactly, refused when it changes the image's aspect ratio by more than 2%) or ``img_downscale``
+    (the stored size divided, rounded). ``source`` names the image (or its file) in errors."""
     if img_wh is not None and img_downscale is not None:
         raise DatasetError(f"{source}: set either dataset.img_wh or dataset.img_downscale, not both")
     if img_wh is not None:
         w, h = int(img_wh[0]), int(img_wh[1])
         if w <= 0 or h <= 0:
             raise DatasetError(f"dataset.img_wh must be positive, got {list(img_wh)}")
-        if abs(w / width - h / height) > 0.02:
+        if abs(w / width - h / height) > 0.02 * max(w / width, h / height):
             raise DatasetError(
-                f"dataset.img_wh {[w, h]} changes the aspect ratio of {source}'s {width}x{height} images"
+                f"dataset.img_wh {[w, h]} changes the aspect ratio of {source} ({width}x{height}) by more than 2%; "
+                "for images of different shapes use dataset.img_downscale instead"
             )
         return w, h
     if img_downscale is not None:
@@ -150,3 +253,36 @@ def target_size(width: int, height: int, img_wh: Optional[Sequence[int]], img_do
             raise DatasetError(f"dataset.img_downscale must be positive, got {img_downscale}")
         return max(1, int(math.floor(width / img_downscale + 0.5))), max(1, int(math.floor(height / img_downscale + 0.5)))
     return width, height
+
+
+#: a warning when resizing leaves an image's shorter side below this many pixels
+SMALL_IMAGE_SIDE = 64
+
+
+def warn_small_images(resized: Sequence[Tuple[str, Tuple[int, int], Tuple[int, int]]], cfg) -> bool:
+    """One warning when ``dataset.img_wh`` / ``img_downscale`` shrank images below SMALL_IMAGE_SIDE
+    pixels on their shorter side; returns whether it warned. resized: (file, stored (w, h), loaded
+    (w, h)) per image."""
+    small = [(name, stored, loaded) for name, stored, loaded in resized
+             if min(loaded) < SMALL_IMAGE_SIDE and min(loaded) < min(stored)]
+    if not small:
+        return False
+    name, stored, loaded = min(small, key=lambda item: min(item[2]))
+    key = "dataset.img_wh" if getattr(cfg, "img_wh", None) is not None else "dataset.img_downscale"
+    value = getattr(cfg, "img_wh", None) if key == "dataset.img_wh" else getattr(cfg, "img_downscale", None)
+    log.warning(
+        "%d image(s) are smaller than %d px on a side after %s=%s (e.g. '%s': %dx%d -> %dx%d): too few pixels "
+        "to learn a surface from; lower %s", len(small), SMALL_IMAGE_SIDE, key, value, name, *stored, *loaded, key,
+    )
+    return True
+
+
+def mask_content(alphas: Sequence[np.ndarray]) -> str:
+    """What a set of foreground masks [H_i, W_i] holds: 'varied' (foreground and background), or
+    else a phrase saying they are all foreground / all background (then they say nothing about
+    the object)."""
+    any_fg = any(bool((np.asarray(a) >= 0.5).any()) for a in alphas)
+    any_bg = any(bool((np.asarray(a) < 0.5).any()) for a in alphas)
+    if any_fg and any_bg:
+        return "varied"
+    return "all foreground (fully opaque)" if any_fg else "all background (fully transparent)"

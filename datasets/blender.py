@@ -28,11 +28,14 @@ from datasets.base import (
     SceneSplit,
     Split,
     check_poses,
+    image_size,
+    mask_content,
     read_image,
     require_folder,
     resize_image,
     resolve_inside,
     target_size,
+    warn_small_images,
 )
 from datasets.cameras import opengl_to_opencv, orbit_poses, scale_intrinsics
 
@@ -71,6 +74,7 @@ class BlenderScene(Scene):
     def __init__(self, cfg: "BlenderScene.Config", scene_radius: float = 1.0) -> None:
         super().__init__(cfg, scene_radius)
         self.root = require_folder(cfg.root_dir, LAYOUT)
+        self._warned_small = False
 
     # -------------------------------------------------------------- reading
     def _meta(self, split: str) -> Dict[str, Any]:
@@ -126,9 +130,8 @@ class BlenderScene(Scene):
         frames = meta["frames"]
         if not frames:
             raise DatasetError(f"{source}: 'frames' is empty: no usable images")
-        rgbs, alphas, poses, intrinsics, names = [], [], [], [], []
-        size = None
-        has_alpha = False
+        rgbs, alphas, poses, intrinsics, names, resized = [], [], [], [], [], []
+        no_alpha = []
         for index, frame in enumerate(frames):
             if "transform_matrix" not in frame:
                 raise DatasetError(f"{source}: frame {index} has no 'transform_matrix'")
@@ -137,36 +140,38 @@ class BlenderScene(Scene):
                 raise DatasetError(f"{source}: frame {index} 'transform_matrix' must be 4x4")
             path = self._image_path(frame, source, index)
             img = read_image(path)
-            if size is None:
-                size = (img.shape[1], img.shape[0])
-            elif (img.shape[1], img.shape[0]) != size:
-                raise DatasetError(
-                    f"image '{path}' is {img.shape[1]}x{img.shape[0]} but earlier images of {source} are {size[0]}x{size[1]}"
-                )
-            stored_w, stored_h = size
-            w, h = target_size(stored_w, stored_h, self.cfg.img_wh, self.cfg.img_downscale, source)
+            # each image at its own size, with its own intrinsics (per-frame w/h/fl_x/... or the global ones)
+            stored_w, stored_h = img.shape[1], img.shape[0]
+            w, h = target_size(stored_w, stored_h, self.cfg.img_wh, self.cfg.img_downscale, f"image '{path}'")
+            resized.append((str(path), (stored_w, stored_h), (w, h)))
             img = resize_image(img, w, h)
             k = self._intrinsics(meta, frame, stored_w, stored_h, source)
             intrinsics.append(scale_intrinsics(k, w / stored_w, h / stored_h))
             if img.shape[2] == 4:
-                has_alpha = True
                 alphas.append(img[..., 3])
             else:
+                no_alpha.append(path.name)
                 alphas.append(np.ones(img.shape[:2], dtype=np.float32))
             rgbs.append(img[..., :3] if img.shape[2] >= 3 else np.repeat(img, 3, axis=2))
             poses.append(matrix[:3, :4])
             names.append(path.name)
+        if not self._warned_small:
+            self._warned_small = warn_small_images(resized, self.cfg)
         c2w = check_poses(opengl_to_opencv(torch.stack(poses)), source)
-        return SceneSplit(
-            c2w=c2w,
-            intrinsics=torch.stack(intrinsics),
-            width=w,
-            height=h,
-            rgb=torch.from_numpy(np.stack(rgbs)),
-            alpha=torch.from_numpy(np.stack(alphas)),
-            has_mask=has_alpha,
-            names=names,
-        )
+        has_mask, mask_info = self._mask_status(alphas, no_alpha, len(frames), source)
+        return SceneSplit.from_images(c2w, torch.stack(intrinsics), rgbs, alphas, has_mask, names, mask_info)
+
+    @staticmethod
+    def _mask_status(alphas, no_alpha, n: int, source: str):
+        """(has_mask, what the masks are) of a split's alpha channels."""
+        if no_alpha:
+            if len(no_alpha) == n:
+                return False, f"the images of {source} have no alpha channel (e.g. '{no_alpha[0]}')"
+            return False, f"{len(no_alpha)} of the {n} images of {source} have no alpha channel (e.g. '{no_alpha[0]}')"
+        content = mask_content(alphas)
+        if content != "varied":
+            return False, f"the alpha channel of every image of {source} is {content}"
+        return True, f"the alpha channels of the images of {source}"
 
     def _predict_split(self) -> SceneSplit:
         """An orbit at the training cameras' mean distance and elevation, around the origin, z up."""
@@ -178,13 +183,12 @@ class BlenderScene(Scene):
         elevation = self.cfg.predict_elevation_deg
         if elevation is None:
             elevation = float(torch.rad2deg(torch.asin((positions[:, 2] / positions.norm(dim=-1)).clamp(-1, 1))).mean())
-        first = self._load_frames_head(train, source)
+        k, w, h = self._load_frames_head(train, source)
         c2w = orbit_poses(self.cfg.n_predict_views, radius, elevation, up=(0.0, 0.0, 1.0))
         return SceneSplit(
             c2w=c2w,
-            intrinsics=first[0].expand(len(c2w), 4).clone(),
-            width=first[1],
-            height=first[2],
+            intrinsics=k.expand(len(c2w), 4).clone(),
+            sizes=torch.tensor([[h, w]]).expand(len(c2w), 2),
             names=[f"orbit_{i:03d}" for i in range(len(c2w))],
         )
 
@@ -193,9 +197,44 @@ class BlenderScene(Scene):
         path = self._image_path(meta["frames"][0], source, 0)
         img = read_image(path)
         stored_w, stored_h = img.shape[1], img.shape[0]
-        w, h = target_size(stored_w, stored_h, self.cfg.img_wh, self.cfg.img_downscale, source)
+        w, h = target_size(stored_w, stored_h, self.cfg.img_wh, self.cfg.img_downscale, f"image '{path}'")
         k = self._intrinsics(meta, meta["frames"][0], stored_w, stored_h, source)
         return scale_intrinsics(k, w / stored_w, h / stored_h), w, h
+
+    def setup_overview(self):
+        """The cameras of the train, val and test files (train marked) at their loaded sizes, read
+        from the JSON and the image headers; the photos as loaded; for datasets.scene_setup."""
+        from datasets.scene_setup import SceneOverview
+
+        c2w, intrinsics, sizes, is_train, names, paths = [], [], [], [], [], []
+        for split in dict.fromkeys(["train", self.cfg.val_split, self.cfg.test_split]):
+            meta = self._meta(split)
+            source = str(meta["_path"])
+            for index, frame in enumerate(meta["frames"]):
+                path = self._image_path(frame, source, index)
+                stored_w, stored_h = image_size(path)
+                w, h = target_size(stored_w, stored_h, self.cfg.img_wh, self.cfg.img_downscale, f"image '{path}'")
+                k = self._intrinsics(meta, frame, stored_w, stored_h, source)
+                intrinsics.append(scale_intrinsics(k, w / stored_w, h / stored_h).double().numpy())
+                c2w.append(opengl_to_opencv(torch.tensor(frame["transform_matrix"], dtype=torch.float64))[:3].numpy())
+                sizes.append((h, w))
+                is_train.append(split == "train")
+                names.append(f"{split}/{path.name}")
+                paths.append(path)
+
+        def load_image(i: int) -> np.ndarray:
+            img = resize_image(read_image(paths[i]), sizes[i][1], sizes[i][0])
+            rgb = img[..., :3] if img.shape[2] >= 3 else np.repeat(img[..., :1], 3, axis=2)
+            return rgb * img[..., 3:] + (1.0 - img[..., 3:]) if img.shape[2] == 4 else rgb  # over white
+
+        points, label = self.surface_points()
+        return SceneOverview(c2w=np.stack(c2w), intrinsics=np.stack(intrinsics), sizes=np.array(sizes),
+                             is_train=np.array(is_train), radius=self.scene_radius, names=names, points=points,
+                             load_image=load_image, points_label=label)
+
+    def surface_points(self):
+        """(points [P, 3] on the scene's surface to draw, what they are): none for a Blender scene."""
+        return None, "points"
 
     def load_split(self, split: Split) -> SceneSplit:
         if split == "predict":
@@ -204,19 +243,5 @@ class BlenderScene(Scene):
         out = self._load_frames(name)
         limit = {"val": self.cfg.max_images_val, "test": self.cfg.max_images_test}.get(split)
         if limit is not None and limit < len(out):
-            out = take_views(out, torch.linspace(0, len(out) - 1, limit).round().long())
+            out = out.take(torch.linspace(0, len(out) - 1, limit).round().long())
         return out
-
-
-def take_views(split: SceneSplit, index: torch.Tensor) -> SceneSplit:
-    """A SceneSplit holding only the views at ``index``."""
-    return SceneSplit(
-        c2w=split.c2w[index],
-        intrinsics=split.intrinsics[index],
-        width=split.width,
-        height=split.height,
-        rgb=None if split.rgb is None else split.rgb[index],
-        alpha=None if split.alpha is None else split.alpha[index],
-        has_mask=split.has_mask,
-        names=[split.names[i] for i in index.tolist()] if split.names else [],
-    )

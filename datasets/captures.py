@@ -27,10 +27,12 @@ from datasets.base import (
     SceneSplit,
     Split,
     check_poses,
+    mask_content,
     read_image,
     require_folder,
     resize_image,
     target_size,
+    warn_small_images,
 )
 from datasets.blender import RayDataConfig
 from datasets.cameras import orbit_poses, scale_intrinsics
@@ -71,19 +73,6 @@ class CaptureView:
     mask_path: Optional[Path] = None
 
 
-def image_size(path: Path) -> Tuple[int, int]:
-    """(width, height) of an image file, from its header."""
-    from PIL import Image
-
-    if not path.is_file():
-        raise DatasetError(f"image file '{path}' does not exist")
-    try:
-        with Image.open(path) as img:
-            return int(img.size[0]), int(img.size[1])
-    except Exception as err:
-        raise DatasetError(f"cannot read image '{path}': {err}") from err
-
-
 def read_mask(path: Path) -> np.ndarray:
     """A mask image (grey, RGB or RGBA) as float32 [H, W, 1] in [0, 1]: the mean of its colour channels
     (or its alpha, when it has one)."""
@@ -101,6 +90,8 @@ class CaptureScene(Scene):
     layout: str = ""
     #: sparse points [P, 3] in world coordinates (COLMAP's points3D), when the layout has them
     points_world: Optional[np.ndarray] = None
+    #: their colours [P, 3] uint8, when known
+    points_rgb: Optional[np.ndarray] = None
 
     def __init__(self, cfg, scene_radius: float = 1.0) -> None:
         super().__init__(cfg, scene_radius)
@@ -108,7 +99,8 @@ class CaptureScene(Scene):
         self.views: List[CaptureView] = []
         self.world_to_scene = np.eye(4)
         self._images: Dict[int, Tuple[np.ndarray, np.ndarray, bool]] = {}
-        self._size: Optional[Tuple[int, int]] = None
+        self._sizes: Dict[int, Tuple[int, int]] = {}
+        self._warned_mask_resize = False
         #: whether the normalization turned the scene's up direction onto +z
         self.up_is_z = False
 
@@ -128,12 +120,10 @@ class CaptureScene(Scene):
         # float32 like the base class's identity (its entries are exact to ~1e-7 relative)
         self.scene_to_world = torch.from_numpy(invert_similarity(m) if scene_to_world is None else scene_to_world).float()
         self.c2w_scene = transform_poses(m, c2w) if c2w_scene is None else c2w_scene
-        sizes = {(v.camera.width, v.camera.height) for v in self.views}
-        if len(sizes) > 1:
-            detail = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
-            raise DatasetError(f"{source}: the views have different image sizes ({detail}); one size is needed")
         self.source = source
         n = len(self.views)
+        warn_small_images([(str(v.image_path), (v.camera.width, v.camera.height), self.loaded_size(i))
+                           for i, v in enumerate(self.views)], self.cfg)
         every = self.cfg.holdout_every
         if every < 0:
             raise DatasetError(f"dataset.holdout_every must be >= 0, got {every}")
@@ -153,7 +143,8 @@ class CaptureScene(Scene):
 
     # -------------------------------------------------------------- images
     def _image(self, index: int) -> Tuple[np.ndarray, np.ndarray, bool]:
-        """(rgb [h, w, 3], alpha [h, w], has_mask) of view ``index``: undistorted, resized."""
+        """(rgb [h, w, 3], alpha [h, w], has_mask) of view ``index``: undistorted, resized to its
+        loaded size (``loaded_size``)."""
         if index in self._images:
             return self._images[index]
         view = self.views[index]
@@ -165,15 +156,13 @@ class CaptureScene(Scene):
                 f"says {cam.width}x{cam.height}"
             )
         alpha, has_mask = None, False
-        if img.shape[2] == 4:
+        if img.shape[2] == 4 and self.cfg.use_masks:  # an RGBA capture: its alpha is the mask
             alpha, has_mask = img[..., 3:4], True
         rgb = img[..., :3] if img.shape[2] >= 3 else np.repeat(img[..., :1], 3, axis=2)
         if view.mask_path is not None and self.cfg.use_masks:
-            alpha = read_mask(view.mask_path)
-            if alpha.shape[:2] != rgb.shape[:2]:
-                alpha = resize_image(alpha, rgb.shape[1], rgb.shape[0])
+            alpha = self._read_mask_for(view, rgb.shape[1], rgb.shape[0])
             has_mask = True
-        w, h = self.size
+        w, h = self.loaded_size(index)
         rgb = resize_image(cam.undistort(rgb), w, h)
         if alpha is None:
             alpha = np.ones((h, w), dtype=np.float32)
@@ -183,33 +172,90 @@ class CaptureScene(Scene):
         self._images[index] = out
         return out
 
-    @property
-    def size(self) -> Tuple[int, int]:
-        """(width, height) the images are loaded at."""
-        if self._size is None:
-            cam = self.views[0].camera
-            self._size = target_size(cam.width, cam.height, self.cfg.img_wh, self.cfg.img_downscale, self.source)
-        return self._size
+    def _read_mask_for(self, view: CaptureView, width: int, height: int) -> np.ndarray:
+        """The mask of ``view`` [height, width, 1] for its width x height image. A mask of another
+        size but the same shape is resized (one warning); a transposed mask, or one of another
+        aspect ratio, is refused, naming the file and dataset.use_masks."""
+        alpha = read_mask(view.mask_path)
+        mh, mw = alpha.shape[:2]
+        if (mw, mh) == (width, height):
+            return alpha
+        turned = (mw > mh) != (width > height) and mw != mh and width != height
+        if turned or abs(mw / mh - width / height) > 0.02 * (width / height):
+            what = "turned by 90 degrees (transposed or rotated?)" if turned else "of another aspect ratio"
+            raise DatasetError(
+                f"mask '{view.mask_path}' is {mw}x{mh} but its image '{view.image_path}' is {width}x{height}: "
+                f"{what}; fix the mask or set dataset.use_masks=false"
+            )
+        if not self._warned_mask_resize:
+            self._warned_mask_resize = True
+            log.warning("masks are resized to their images' size (e.g. '%s': %dx%d -> %dx%d)",
+                        view.mask_path, mw, mh, width, height)
+        return resize_image(alpha, width, height)
+
+    def loaded_size(self, index: int) -> Tuple[int, int]:
+        """(width, height) view ``index`` is loaded at: its own size, resized by dataset.img_wh or
+        dataset.img_downscale."""
+        if index not in self._sizes:
+            view = self.views[index]
+            cam = view.camera
+            self._sizes[index] = target_size(cam.width, cam.height, self.cfg.img_wh, self.cfg.img_downscale,
+                                             f"image '{view.image_path}'")
+        return self._sizes[index]
 
     def intrinsics(self, index: int) -> torch.Tensor:
-        """[4] (fx, fy, cx, cy) of view ``index`` at the loaded size."""
+        """[4] (fx, fy, cx, cy) of view ``index`` at its loaded size."""
         cam = self.views[index].camera
-        w, h = self.size
+        w, h = self.loaded_size(index)
         k = torch.tensor(cam.intrinsics, dtype=torch.float32)
         return scale_intrinsics(k, w / cam.width, h / cam.height)
 
     def _split_of(self, index: np.ndarray) -> SceneSplit:
         loaded = [self._image(int(i)) for i in index]
-        w, h = self.size
-        return SceneSplit(
+        names = [self.views[int(i)].name for i in index]
+        has_mask, mask_info = self._mask_status([x[1] for x in loaded], [x[2] for x in loaded], names)
+        return SceneSplit.from_images(
             c2w=torch.from_numpy(self.c2w_scene[index]).float(),
             intrinsics=torch.stack([self.intrinsics(int(i)) for i in index]),
-            width=w,
-            height=h,
-            rgb=torch.from_numpy(np.stack([x[0] for x in loaded])),
-            alpha=torch.from_numpy(np.stack([x[1] for x in loaded])),
-            has_mask=all(x[2] for x in loaded),
-            names=[self.views[int(i)].name for i in index],
+            images=[x[0] for x in loaded],
+            alphas=[x[1] for x in loaded],
+            has_mask=has_mask,
+            names=names,
+            mask_info=mask_info,
+        )
+
+    def _mask_status(self, alphas, with_mask, names) -> Tuple[bool, str]:
+        """(has_mask, what the masks are) of a split's alpha maps [h, w], per-view has-mask flags and names."""
+        if not self.cfg.use_masks:
+            return False, f"dataset.use_masks is false ({self.layout})"
+        if not any(with_mask):
+            return False, f"{self.root} has no masks ({self.layout})"
+        if not all(with_mask):
+            missing = [name for name, m in zip(names, with_mask) if not m]
+            return False, f"{len(missing)} view(s) of {self.root} have no mask (e.g. '{missing[0]}')"
+        content = mask_content(alphas)
+        if content != "varied":
+            return False, f"every mask of {self.root} is {content}"
+        return True, f"the masks of {self.root}"
+
+    def setup_overview(self):
+        """Every view's camera at its loaded size (training views marked), the sparse points and
+        the photos (as the run loads them), for datasets.scene_setup."""
+        from datasets.scene_setup import SceneOverview
+
+        n = len(self.views)
+        is_train = np.zeros(n, dtype=bool)
+        is_train[self.train_index] = True
+        return SceneOverview(
+            c2w=np.asarray(self.c2w_scene, dtype=np.float64),
+            intrinsics=np.stack([self.intrinsics(i).double().numpy() for i in range(n)]),
+            sizes=np.array([self.loaded_size(i)[::-1] for i in range(n)]),
+            is_train=is_train,
+            radius=self.scene_radius,
+            names=[v.name for v in self.views],
+            points=self.points_scene,
+            points_rgb=self.points_rgb,
+            load_image=lambda i: self._image(i)[0],
         )
 
     # -------------------------------------------------------------- splits
@@ -227,10 +273,11 @@ class CaptureScene(Scene):
             elevation = mean_elevation_deg(eyes, up)
         radius = float(np.median(np.linalg.norm(eyes, axis=-1)))
         c2w = orbit_poses(self.cfg.n_predict_views, radius, elevation, up=tuple(float(x) for x in up))
-        w, h = self.size
-        k = self.intrinsics(int(self.train_index[0]))
+        first = int(self.train_index[0])  # the orbit's cameras are the first training view's
+        w, h = self.loaded_size(first)
+        k = self.intrinsics(first)
         return SceneSplit(
-            c2w=c2w, intrinsics=k.expand(len(c2w), 4).clone(), width=w, height=h,
+            c2w=c2w, intrinsics=k.expand(len(c2w), 4).clone(), sizes=torch.tensor([[h, w]]).expand(len(c2w), 2),
             names=[f"orbit_{i:03d}" for i in range(len(c2w))],
         )
 

@@ -134,14 +134,19 @@ class ColmapScene(CaptureScene):
         if not self.views:
             raise DatasetError(f"{source} has no registered images")
         self.views.sort(key=lambda v: v.name)
-        points = [p.xyz for p in recon.points3D.values()]
-        self.points_world = np.asarray(points, dtype=np.float64).reshape(-1, 3) if points else None
+        points = list(recon.points3D.values())
+        self.points_world = np.asarray([p.xyz for p in points], dtype=np.float64).reshape(-1, 3) if points else None
+        self.points_rgb = np.asarray([p.color for p in points], dtype=np.uint8).reshape(-1, 3) if points else None
         c2w = np.stack([v.c2w for v in self.views])
         if not np.all(np.isfinite(c2w)):
             bad = np.nonzero(~np.isfinite(c2w.reshape(len(c2w), -1)).all(1))[0].tolist()
             raise DatasetError(f"{source}: camera pose(s) at index {bad[:10]} contain NaN or inf")
-        self.world_to_scene = normalization_transform(c2w, self.points_world, cfg.normalization, source,
-                                                      radius=self.scene_radius)
+        lenses = [v.camera for v in self.views]
+        self.world_to_scene = normalization_transform(
+            c2w, self.points_world, cfg.normalization, source, radius=self.scene_radius,
+            intrinsics=np.stack([lens.intrinsics for lens in lenses]),
+            sizes=np.array([(lens.height, lens.width) for lens in lenses]),
+        )
         self.up_is_z = cfg.normalization.up != "none"
         self._finish_setup(source)
 

@@ -8,7 +8,7 @@ Validation, test and predict go image by image; each batch says its image's heig
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -36,14 +36,17 @@ def composite(rgb: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
 
 
 class RandomRays(IterableDataset):
-    """Endless batches of random training rays.
+    """Endless batches of random training rays, each through the centre of a real pixel of a
+    training image (images may differ in size).
 
     Each item: rays_o [n, 3], rays_d [n, 3] (world/scene frame, unit), rgb [n, 3] (ground truth
-    composited over ``background``), alpha [n], background [n, 3].
+    composited over ``background``), alpha [n], background [n, 3]. Without ``image_sampling`` every
+    pixel of every image is equally likely; with it, each batch comes from one image, chosen
+    uniformly, and its pixels are equally likely.
     """
 
     def __init__(self, split: SceneSplit, n_rays: int, image_sampling: bool, background: str, seed: int):
-        if split.rgb is None:
+        if split.pixels_rgb is None:
             raise ValueError("the training split has no images")
         self.split = split
         self.n_rays = int(n_rays)
@@ -51,21 +54,43 @@ class RandomRays(IterableDataset):
         self.background = background
         self.seed = seed
 
+    def draw_pixels(self, generator: torch.Generator) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """n random pixels -> (image index [n], x [n], y [n], row in the packed pixels [n]), int64."""
+        s = self.split
+        n = self.n_rays
+        if s.common_size is not None:
+            # one size: image, then x, then y, as the toolkit always drew them (runs reproduce exactly)
+            h, w = s.common_size
+            if self.image_sampling:
+                img = torch.randint(0, len(s), (1,), generator=generator).expand(n)
+            else:
+                img = torch.randint(0, len(s), (n,), generator=generator)
+            x = torch.randint(0, w, (n,), generator=generator)
+            y = torch.randint(0, h, (n,), generator=generator)
+            return img, x, y, (img * h + y) * w + x
+        if self.image_sampling:
+            one = int(torch.randint(0, len(s), (1,), generator=generator))
+            start, stop = int(s.offsets[one]), int(s.offsets[one + 1])
+            row = torch.randint(start, stop, (n,), generator=generator)
+            img = torch.full((n,), one, dtype=torch.int64)
+        else:
+            row = torch.randint(0, int(s.offsets[-1]), (n,), generator=generator)
+            img = torch.searchsorted(s.offsets, row, right=True) - 1
+        local = row - s.offsets[img]
+        w = s.sizes[img, 1]
+        y = torch.div(local, w, rounding_mode="floor")
+        return img, local - y * w, y, row
+
     def sample(self, generator: torch.Generator) -> Dict[str, Tensor]:
         s = self.split
         n = self.n_rays
-        if self.image_sampling:
-            img = torch.randint(0, len(s), (1,), generator=generator).expand(n)
-        else:
-            img = torch.randint(0, len(s), (n,), generator=generator)
-        x = torch.randint(0, s.width, (n,), generator=generator)
-        y = torch.randint(0, s.height, (n,), generator=generator)
+        img, x, y, row = self.draw_pixels(generator)
         pixels = torch.stack([x, y], dim=-1).float() + 0.5
         dirs = pixel_directions_at(pixels, s.intrinsics[img])
         rays_o, rays_d = camera_rays(dirs, s.c2w[img])
-        alpha = s.alpha[img, y, x]
+        alpha = s.pixels_alpha[row]
         background = background_colours(self.background, n, generator)
-        rgb = composite(s.rgb[img, y, x], alpha, background)
+        rgb = composite(s.pixels_rgb[row], alpha, background)
         return {"rays_o": rays_o, "rays_d": rays_d, "rgb": rgb, "alpha": alpha, "background": background}
 
     def __iter__(self) -> Iterator[Dict[str, Tensor]]:
@@ -77,8 +102,8 @@ class RandomRays(IterableDataset):
 
 
 class ImageRays(Dataset):
-    """One whole image per item: index, height, width, rays [H*W, 3] and, where there is ground
-    truth, rgb [H*W, 3] and alpha [H*W]."""
+    """One whole image per item, at its own size: index, height, width, rays [H*W, 3] and, where
+    there is ground truth, rgb [H*W, 3] and alpha [H*W]."""
 
     def __init__(self, split: SceneSplit, background: str):
         self.split = split
@@ -89,21 +114,22 @@ class ImageRays(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
         s = self.split
-        dirs = pixel_directions(s.width, s.height, s.intrinsics[index]).reshape(-1, 3)
+        height, width = s.size(index)
+        dirs = pixel_directions(width, height, s.intrinsics[index]).reshape(-1, 3)
         rays_o, rays_d = camera_rays(dirs, s.c2w[index])
         n = rays_o.shape[0]
         item = {
             "index": torch.tensor(index),
-            "height": s.height,
-            "width": s.width,
+            "height": height,
+            "width": width,
             "rays_o": rays_o,
             "rays_d": rays_d,
             "background": background_colours(self.background, n),
         }
-        if s.rgb is not None:
-            alpha = s.alpha[index].reshape(-1)
+        if s.pixels_rgb is not None:
+            alpha = s.mask(index).reshape(-1)
             item["alpha"] = alpha
-            item["rgb"] = composite(s.rgb[index].reshape(-1, 3), alpha, item["background"])
+            item["rgb"] = composite(s.image(index).reshape(-1, 3), alpha, item["background"])
         return item
 
 
@@ -121,7 +147,7 @@ class SceneDataModule(pl.LightningDataModule):
 
     def split(self, name: str) -> SceneSplit:
         if name not in self.splits:
-            self.splits[name] = self.scene.load_split(name)  # type: ignore[arg-type]
+            self.splits[name] = self.scene.split(name)  # type: ignore[arg-type]
         return self.splits[name]
 
     def set_train_rays(self, n_rays: int) -> None:

@@ -22,8 +22,8 @@ from typing import Optional, Tuple
 import numpy as np
 
 from datasets import register
-from datasets.base import DatasetError
-from datasets.captures import CaptureConfig, CaptureScene, CaptureView, image_size
+from datasets.base import DatasetError, image_size
+from datasets.captures import CaptureConfig, CaptureScene, CaptureView
 from datasets.normalization import invert_similarity, transform_poses
 from datasets.undistort import LensCamera
 from utils.mesh import check_similarity
@@ -142,7 +142,7 @@ class DTUScene(CaptureScene):
         if mask_missing:
             raise DatasetError(f"'{mask_dir}' has no mask for image(s) {mask_missing[:5]} (named like the image or 000.png)")
         if not has_masks:
-            log.warning("%s: no masks in '%s': training without masks (set system.loss.lambda_mask=0)", root, mask_dir)
+            log.warning("%s: no masks in '%s': training without masks", root, mask_dir)
         # the decomposed poses are in the normalized frame, the scene frame: scene -> world is scale_mat
         self.world_to_scene = invert_similarity(scale_mat)
         self._finish_setup(source, scene_to_world=scale_mat, c2w_scene=np.stack(normalized))

@@ -28,8 +28,8 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from datasets import register
-from datasets.base import DatasetError, resolve_inside
-from datasets.captures import CaptureConfig, CaptureScene, CaptureView, image_size
+from datasets.base import DatasetError, image_size, resolve_inside
+from datasets.captures import CaptureConfig, CaptureScene, CaptureView
 from datasets.normalization import NormalizationConfig, normalization_transform
 from datasets.undistort import LensCamera, from_opencv_params
 

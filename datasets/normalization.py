@@ -6,12 +6,22 @@ the scene's up direction onto +z, and ``s`` scales the object to fill the model'
 part is estimated from the cameras or from the sparse points (``NormalizationConfig``):
 
 - centre: ``lookat`` (the point closest to all optical axes), ``cameras`` (the mean camera
-  centre), ``points`` (the per-axis median of the sparse points) or ``none`` (the world origin);
+  centre), ``points`` (the per-axis median of the sparse points), ``object`` (the centre of the
+  object's box, below) or ``none`` (the world origin);
 - up: ``cameras`` (the mean of the cameras' up vectors), ``points`` (the normal of a RANSAC plane
   fit of the sparse points, turned towards the cameras) or ``none`` (keep the world's axes);
 - scale: ``cameras`` (the median camera distance to the centre becomes ``camera_distance`` x
   ``radius``), ``points`` (the ``points_percentile`` of the sparse points' distances to the centre
-  becomes ``radius``) or ``none`` (keep the world's units).
+  becomes ``radius``), ``object`` (the object's box, below, fills the model's box) or ``none``
+  (keep the world's units).
+
+The object's box (``object_box``): the sparse points that lie inside at least
+``object_min_view_fraction`` of the cameras' view frustums and nearer the look-at point than the
+median camera are the object's (the surroundings of an inward-facing capture are behind some
+cameras; stray points far off are in few views); the box spans their ``100 - object_percentile``
+to ``object_percentile`` percentiles along each axis of the up-aligned frame, widened by
+``object_margin`` on every side. With too few such points it falls back to ``lookat`` /
+``cameras`` with a warning.
 
 The scene stores the inverse, ``scene_to_world`` [4, 4], which mesh export applies so that meshes
 land on the input's sparse points and cameras; ``write_scene_transform`` saves it as JSON.
@@ -34,14 +44,20 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class NormalizationConfig:
-    center: Literal["lookat", "cameras", "points", "none"] = "lookat"
+    center: Literal["lookat", "cameras", "points", "object", "none"] = "lookat"
     up: Literal["cameras", "points", "none"] = "cameras"
-    scale: Literal["cameras", "points", "none"] = "cameras"
+    scale: Literal["cameras", "points", "object", "none"] = "cameras"
     # (the object of interest ends inside a sphere of the model's radius, model.radius)
     # scale 'cameras': the cameras' median distance to the centre becomes camera_distance x radius
     camera_distance: float = 2.5
     # scale 'points': this percentile of the sparse points' distances to the centre becomes radius
     points_percentile: float = 90.0
+    # center/scale 'object': the box of the points in at least this fraction of the cameras' views,
+    # between their (100 - object_percentile) and object_percentile percentiles per axis, widened
+    # by object_margin (a fraction of its half-size) on every side, fills the model's box
+    object_min_view_fraction: float = 0.5
+    object_percentile: float = 97.5
+    object_margin: float = 0.15
 
 
 # --------------------------------------------------------------------------- estimates
@@ -108,6 +124,47 @@ def ground_plane_up(points: np.ndarray, towards: np.ndarray, seed: int = 0, iter
     return n / np.linalg.norm(n)
 
 
+def view_fraction(points: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The fraction of cameras whose view frustum holds each point (in front, projecting inside the
+    image; occlusion ignored): points [P, 3], c2w [N, 3, 4] OpenCV, intrinsics [N, 4] (fx, fy, cx,
+    cy), sizes [N, 2] (H, W) -> [P] in [0, 1]."""
+    pts = np.asarray(points, dtype=np.float64)
+    seen = np.zeros(len(pts))
+    for pose, (fx, fy, cx, cy), (h, w) in zip(np.asarray(c2w, np.float64), intrinsics, sizes):
+        cam = (pts - pose[:, 3]) @ pose[:, :3]
+        z = cam[:, 2]
+        zs = np.where(z > 1e-12, z, 1.0)
+        u = fx * cam[:, 0] / zs + cx
+        v = fy * cam[:, 1] / zs + cy
+        seen += (z > 1e-12) & (u >= 0) & (u <= w) & (v >= 0) & (v <= h)
+    return seen / max(1, len(c2w))
+
+
+def object_points(points: np.ndarray, c2w: np.ndarray, centre: np.ndarray, min_view_fraction: float,
+                  intrinsics: Optional[np.ndarray] = None, sizes: Optional[np.ndarray] = None) -> np.ndarray:
+    """Which sparse points [P, 3] belong to the object the cameras c2w [N, 3, 4] surround: nearer
+    ``centre`` [3] than the median camera and, when intrinsics [N, 4] and sizes [N, 2] are given,
+    inside at least ``min_view_fraction`` of the view frustums -> bool [P]."""
+    pts = np.asarray(points, dtype=np.float64)
+    eyes = camera_centres(c2w)
+    keep = np.linalg.norm(pts - centre, axis=-1) < np.median(np.linalg.norm(eyes - centre, axis=-1))
+    if intrinsics is not None and sizes is not None:
+        keep &= view_fraction(pts, c2w, intrinsics, sizes) >= min_view_fraction
+    return keep
+
+
+def object_box(points: np.ndarray, rotation: np.ndarray, percentile: float) -> Tuple[np.ndarray, np.ndarray]:
+    """The box of the object's points [K, 3] in the frame turned by ``rotation`` [3, 3]: per axis
+    their (100 - percentile) and percentile percentiles -> (lo [3], hi [3]), in the turned frame."""
+    turned = np.asarray(points, dtype=np.float64) @ np.asarray(rotation, dtype=np.float64).T
+    lo, hi = np.percentile(turned, [100.0 - percentile, percentile], axis=0)
+    return lo, hi
+
+
+#: fewer object points than this: the object's box is not trusted (fall back to the cameras)
+MIN_OBJECT_POINTS = 20
+
+
 def rotation_to_z(up: np.ndarray) -> np.ndarray:
     """The smallest rotation [3, 3] that turns the unit vector ``up`` [3] onto +z."""
     up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
@@ -163,11 +220,13 @@ def transform_poses(m: np.ndarray, c2w: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the whole transform
 def normalization_transform(
-    c2w: np.ndarray, points: Optional[np.ndarray], cfg: NormalizationConfig, source: str, radius: float = 1.0
+    c2w: np.ndarray, points: Optional[np.ndarray], cfg: NormalizationConfig, source: str, radius: float = 1.0,
+    intrinsics: Optional[np.ndarray] = None, sizes: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """world -> scene similarity [4, 4] for cameras c2w [N, 3, 4] (OpenCV, world) and optional
     sparse points [P, 3] (world), as chosen by ``cfg``, fitting the object into a sphere of
-    ``radius`` (the model's). ``source`` names the input in errors."""
+    ``radius`` (the model's; with 'object', into its box). ``intrinsics`` [N, 4] and ``sizes``
+    [N, 2] (H, W) let 'object' use the cameras' view frustums. ``source`` names the input in errors."""
     c2w = np.asarray(c2w, dtype=np.float64)
     has_points = points is not None and len(points) > 0
     for key in ("center", "up", "scale"):
@@ -180,27 +239,13 @@ def normalization_transform(
         raise DatasetError(
             "dataset.normalization: model.radius and camera_distance must be positive and points_percentile in (0, 100]"
         )
+    if not 50 < cfg.object_percentile <= 100 or cfg.object_margin < 0 or not 0 <= cfg.object_min_view_fraction <= 1:
+        raise DatasetError(
+            "dataset.normalization: object_percentile must be in (50, 100], object_margin >= 0 and "
+            "object_min_view_fraction in [0, 1]"
+        )
     pts = np.asarray(points, dtype=np.float64) if has_points else None
     eyes = camera_centres(c2w)
-
-    # centre
-    if cfg.center == "lookat":
-        if len(c2w) < 2:
-            raise DatasetError(f"{source}: the look-at centre needs at least 2 cameras")
-        center, cond = lookat_center(c2w)
-        if cond < 1e-4:
-            fallback = np.median(pts, axis=0) if pts is not None else eyes.mean(0)
-            log.warning(
-                "%s: the cameras' optical axes are nearly parallel, so their look-at point is ill-defined; "
-                "centring on the %s instead", source, "sparse points" if pts is not None else "mean camera",
-            )
-            center = fallback
-    elif cfg.center == "cameras":
-        center = eyes.mean(0)
-    elif cfg.center == "points":
-        center = np.median(pts, axis=0)
-    else:
-        center = np.zeros(3)
 
     # up
     if cfg.up == "cameras":
@@ -211,23 +256,92 @@ def normalization_transform(
     else:
         rotation = np.eye(3)
 
+    # centre
+    center_mode, scale_mode = cfg.center, cfg.scale
+    box = None
+    if "object" in (center_mode, scale_mode):
+        box = _object_box_or_none(c2w, pts, cfg, rotation, source, intrinsics, sizes)
+        if box is None:  # (warned) the cameras decide instead
+            center_mode = "lookat" if center_mode == "object" else center_mode
+            scale_mode = "cameras" if scale_mode == "object" else scale_mode
+    if center_mode == "lookat":
+        center = _lookat_or_fallback(c2w, pts, eyes, source)
+    elif center_mode == "cameras":
+        center = eyes.mean(0)
+    elif center_mode == "points":
+        center = np.median(pts, axis=0)
+    elif center_mode == "object":
+        center = rotation.T @ (0.5 * (box[0] + box[1]))
+    else:
+        center = np.zeros(3)
+
     # scale
-    if cfg.scale == "cameras":
+    if scale_mode == "cameras":
         dist = float(np.median(np.linalg.norm(eyes - center, axis=-1)))
         if not dist > 1e-12:
             raise DatasetError(f"{source}: the cameras sit at the scene centre: cannot scale from camera distances")
         scale = cfg.camera_distance * radius / dist
-    elif cfg.scale == "points":
+    elif scale_mode == "points":
         dist = float(np.percentile(np.linalg.norm(pts - center, axis=-1), cfg.points_percentile))
         if not dist > 1e-12:
             raise DatasetError(f"{source}: the sparse points all sit at the scene centre: cannot scale from them")
         scale = radius / dist
+    elif scale_mode == "object":
+        c = rotation @ center
+        half = float(np.max(np.maximum(box[1] - c, c - box[0]))) * (1.0 + cfg.object_margin)
+        if not half > 1e-12:
+            raise DatasetError(f"{source}: the object's sparse points all sit at one place: cannot scale from them")
+        scale = radius / half
     else:
         scale = 1.0
     m = similarity(scale, rotation, center)
     if not np.all(np.isfinite(m)):
         raise DatasetError(f"{source}: the scene normalization is not finite (check the camera poses)")
+    if scale_mode == "object":
+        inside = int((np.abs(transform_points(m, eyes)) < radius).all(-1).sum())
+        if inside:
+            log.warning(
+                "%s: %d camera(s) are inside the scene box fitted to the sparse points: the fit may have caught "
+                "the surroundings; check save/scene_setup.png, or set dataset.normalization.scale: cameras",
+                source, inside,
+            )
     return m
+
+
+def _lookat_or_fallback(c2w: np.ndarray, pts: Optional[np.ndarray], eyes: np.ndarray, source: str) -> np.ndarray:
+    """The cameras' look-at point, or (axes nearly parallel, with a warning) the points' median / the mean camera."""
+    if len(c2w) < 2:
+        raise DatasetError(f"{source}: the look-at centre needs at least 2 cameras")
+    center, cond = lookat_center(c2w)
+    if cond < 1e-4:
+        log.warning(
+            "%s: the cameras' optical axes are nearly parallel, so their look-at point is ill-defined; "
+            "centring on the %s instead", source, "sparse points" if pts is not None else "mean camera",
+        )
+        center = np.median(pts, axis=0) if pts is not None else eyes.mean(0)
+    return center
+
+
+def _object_box_or_none(c2w, pts, cfg: NormalizationConfig, rotation: np.ndarray, source: str, intrinsics,
+                        sizes) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The object's box (lo [3], hi [3] in the up-turned frame) for 'object', or None, with a
+    warning naming the key, when there are too few of its points to trust."""
+    eyes = camera_centres(c2w)
+    if pts is None:
+        log.warning("%s has no sparse points: dataset.normalization 'object' uses the cameras instead "
+                    "(look-at centre, camera_distance %g)", source, cfg.camera_distance)
+        return None
+    centre = _lookat_or_fallback(c2w, pts, eyes, source)
+    keep = object_points(pts, c2w, centre, cfg.object_min_view_fraction, intrinsics, sizes)
+    if keep.sum() < MIN_OBJECT_POINTS:
+        log.warning(
+            "%s: only %d of %d sparse points lie in at least %g of the cameras' views and nearer than the cameras "
+            "(dataset.normalization.object_min_view_fraction): the scene box follows the cameras instead "
+            "(look-at centre, camera_distance %g)", source, int(keep.sum()), len(pts), cfg.object_min_view_fraction,
+            cfg.camera_distance,
+        )
+        return None
+    return object_box(pts[keep], rotation, cfg.object_percentile)
 
 
 def write_scene_transform(path: Path, scene_to_world: np.ndarray, **info) -> Path:

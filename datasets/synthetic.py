@@ -266,3 +266,10 @@ class SyntheticScene(BlenderScene):
         cfg = dataclasses.replace(cfg, root_dir=str(root))
         super().__init__(cfg, scene_radius)
         self.gt_mesh_path = str(root / "gt_mesh.ply")
+
+    def surface_points(self):
+        """Up to 4000 vertices of the ground-truth surface (for the set-up picture)."""
+        import trimesh
+
+        vertices = np.asarray(trimesh.load(self.gt_mesh_path, process=False).vertices, dtype=np.float64)
+        return vertices[:: max(1, len(vertices) // 4000)], "ground-truth surface points"

@@ -257,7 +257,7 @@ def time_to_quality(overrides: List[str], device: torch.device, thresholds: Sequ
     extra = [f"seed={seed}"]
     _, cfg = load_experiment(str(REPO_ROOT / "configs" / f"{MAIN_PRESET}.yaml"), overrides + extra)
     test = build_scene(cfg).load_split("test")
-    if test.rgb is None:
+    if not test.has_ground_truth:
         return {"note": "the test split has no ground truth"}, None
     idx = sorted({round(i * (len(test) - 1) / max(1, n_images - 1)) for i in range(min(n_images, len(test)))})
     images = ImageRays(test, cfg.dataset.eval_background)

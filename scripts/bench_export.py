@@ -64,7 +64,7 @@ def appearance(glb: Path, scene, background: str, supersample: int = 4) -> Dict[
     from utils.mesh import MeshRenderer, load_mesh
 
     test = scene.load_split("test")
-    if test.rgb is None:
+    if not test.has_ground_truth:
         return {"note": "the test split has no ground truth"}
     mesh = load_mesh(glb)
     world_to_scene = torch.linalg.inv(scene.scene_to_world.double()).float()
@@ -72,11 +72,10 @@ def appearance(glb: Path, scene, background: str, supersample: int = 4) -> Dict[
     bg = BACKGROUNDS.get(background, 1.0)
     values, t0 = [], time.perf_counter()
     for i in range(len(test)):
-        c2w, k, s = test.c2w[i], test.intrinsics[i] * supersample, supersample
-        fine = renderer.render(c2w.numpy(), k.numpy(), test.width * s, test.height * s, shading="unlit",
-                               background=(bg, bg, bg)).rgb.float()
+        (h, w), c2w, k, s = test.size(i), test.c2w[i], test.intrinsics[i] * supersample, supersample
+        fine = renderer.render(c2w.numpy(), k.numpy(), w * s, h * s, shading="unlit", background=(bg, bg, bg)).rgb.float()
         image = torch.nn.functional.avg_pool2d(fine.permute(2, 0, 1)[None], s)[0].permute(1, 2, 0)
-        gt = composite(test.rgb[i], test.alpha[i], torch.full((test.height, test.width, 3), bg))
+        gt = composite(test.image(i), test.mask(i), torch.full((h, w, 3), bg))
         values.append(float(psnr(image.float().clamp(0, 1), gt)))
     return {"views": len(values), "psnr": sum(values) / len(values), "psnr_min": min(values),
             "render_s": time.perf_counter() - t0, "faces": mesh.num_faces, "supersample": supersample}

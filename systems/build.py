@@ -20,11 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 import datasets
 import models
 import systems
-from datasets.base import Scene
+from datasets.base import DatasetError, Scene
 from datasets.datamodule import SceneDataModule
 from models.rendering import visual_hull_cells
 from systems.base import BaseSystem
 from systems.config import RunContext
+from systems.losses import weight_nonzero
 from systems.ray_budget import DynamicRayBudget
 from systems.schedule import TrainingSchedule
 from utils.callbacks import AtomicModelCheckpoint, ConsoleProgress, GracefulStop, NonFiniteStepGuard
@@ -111,6 +112,30 @@ def build_system(cfg: ExperimentConfig, context: RunContext) -> BaseSystem:
     return systems.make(cfg.system.name, cfg.system, model, context, schedule, path="system")
 
 
+def check_run_data(cfg: ExperimentConfig, scene: Scene, action: str) -> None:
+    """What the config asks of the data that the data cannot give, found before a run starts (call
+    it after ``build_scene``, before the run folder is made; it reads the training images once,
+    which the run then reuses): a mask loss (system.loss.lambda_mask > 0) without masks is refused
+    with a one-line DatasetError naming the key, or, with system.loss.mask_loss_without_masks:
+    off, switched off for this run (cfg is changed) with a warning."""
+    loss = cfg.system.loss
+    if action != "train" or not weight_nonzero(loss.lambda_mask):
+        return
+    train = scene.split("train")
+    if train.has_mask:
+        return
+    problem = f"system.loss.lambda_mask is {loss.lambda_mask} but the training data has no masks ({train.mask_info})"
+    if loss.mask_loss_without_masks == "off":
+        log.warning("%s: training without the mask loss (system.loss.mask_loss_without_masks: off)", problem)
+        loss.lambda_mask = 0.0
+        return
+    raise DatasetError(
+        f"{problem}: against all-opaque alpha the mask loss makes the whole box opaque; set "
+        "system.loss.lambda_mask=0 (captures without masks: add model.background={name: nerf-background}) "
+        "or provide masks"
+    )
+
+
 def start_grid_from_masks(system: BaseSystem, datamodule: SceneDataModule) -> None:
     """model.grid.init_from_masks: carve the occupancy grid with the training masks' visual hull."""
     model = system.model
@@ -118,9 +143,11 @@ def start_grid_from_masks(system: BaseSystem, datamodule: SceneDataModule) -> No
         return
     train = datamodule.split("train")
     if not train.has_mask:
-        log.warning("model.grid.init_from_masks is set but the training images have no masks: skipped")
+        log.warning("model.grid.init_from_masks is set but the training images have no masks (%s): skipped",
+                    train.mask_info or "none")
         return
-    kept = model.start_grid_from_hull(visual_hull_cells(model.grid, train.c2w, train.intrinsics, train.alpha))
+    # each view's mask at its own size
+    kept = model.start_grid_from_hull(visual_hull_cells(model.grid, train.c2w, train.intrinsics, train.masks()))
     log.info("occupancy grid started from the masks' visual hull: %.1f%% of the box kept", 100 * kept)
 
 
@@ -204,6 +231,7 @@ def build_run(cfg: ExperimentConfig, run_paths: RunPaths, action: str = "train",
     ``run_paths``. ``extra_callbacks`` run after the toolkit's own; ``scene`` skips loading it again."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     scene = scene if scene is not None else build_scene(cfg)
+    check_run_data(cfg, scene, action)  # (nothing left to do when the caller checked already)
     context = RunContext(save_dir=run_paths.save_dir, scene_to_world=scene.scene_to_world,
                          gt_mesh_path=scene.gt_mesh_path, export=cfg.export)
     system = build_system(cfg, context)

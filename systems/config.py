@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 from torch import Tensor
 
@@ -30,6 +30,10 @@ class CommonLossConfig:
     lambda_rgb_mse: Weight = 0.0
     lambda_rgb_l1: Weight = 0.0
     lambda_mask: Weight = 0.0  # BCE of opacity against the dataset's masks (needs masks)
+    # when lambda_mask > 0 but the training data has no masks (none, all opaque or all empty):
+    # 'error' refuses the run before it starts; 'off' trains without the mask loss (one warning).
+    # Against all-ones alpha the mask loss would make the whole box opaque.
+    mask_loss_without_masks: Literal["error", "off"] = "error"
     lambda_opaque: Weight = 0.0
     lambda_distortion: Weight = 0.0
     # distortion loss of the learned background (model.background), in normalized disparity

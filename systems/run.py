@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from systems.build import build_run, build_scene, load_experiment
+from systems.build import build_run, build_scene, check_run_data, load_experiment
 from utils.config import to_plain
 from utils.experiment import ExperimentConfig
 
@@ -88,6 +88,7 @@ def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: 
     command line ``args`` and the ``key=value`` overrides; ``extra_callbacks`` join the run's."""
     from datasets.base import DatasetError
     from datasets.normalization import write_scene_transform
+    from datasets.scene_setup import write_scene_setup
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from systems.export import export_mesh
@@ -107,6 +108,7 @@ def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: 
 
     try:
         scene = build_scene(cfg)  # bad data stops the run before any folder is made
+        check_run_data(cfg, scene, action)
     except DatasetError as err:
         raise RunError(str(err)) from err
 
@@ -119,6 +121,7 @@ def run(action: str, args: argparse.Namespace, overrides: List[str], repo_root: 
             info = {"dataset": cfg.dataset.name, **({"root_dir": str(cfg.dataset.root_dir)}
                                                     if hasattr(cfg.dataset, "root_dir") else {})}
             write_scene_transform(run_paths.save_dir / "scene_to_world.json", scene.scene_to_world.numpy(), **info)
+            write_scene_setup(scene, run_paths.save_dir)  # save/scene_setup.png: cameras, points, box
         except (RunFolderError, OSError) as err:
             raise RunError(str(err)) from err
         log.info("run folder: %s (TensorBoard: %s)", run_paths.root, run_paths.tb_dir)

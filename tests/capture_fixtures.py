@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -195,13 +195,17 @@ def write_dtu(root: Path, n: int = 4, size: int = 28, masks: bool = True) -> Cap
 
 
 # --------------------------------------------------------------------------- COLMAP
-def colmap_camera(model: str, size: int = 28, camera_id: int = 1):
-    """A pycolmap.Camera of ``model`` with mild, known distortion; returns (camera, LensCamera)."""
+def colmap_camera(model: str, size: int = 28, camera_id: int = 1, width: Optional[int] = None,
+                  height: Optional[int] = None):
+    """A pycolmap.Camera of ``model`` with mild, known distortion, ``size`` x ``size`` pixels (or
+    ``width`` x ``height``, the principal point near the centre); returns (camera, LensCamera)."""
     import pycolmap
 
     from datasets.undistort import from_colmap
 
     f = 30.0
+    width = width or size
+    height = height or size
     params = {
         "SIMPLE_PINHOLE": [f, size / 2 + 0.3, size / 2 - 0.2],
         "PINHOLE": [f, f * 1.03, size / 2 + 0.3, size / 2 - 0.2],
@@ -219,7 +223,11 @@ def colmap_camera(model: str, size: int = 28, camera_id: int = 1):
                                0.001, 0.002],
         "DIVISION": [f, f * 1.03, size / 2 + 0.3, size / 2 - 0.2, -0.05],
     }[model]
-    cam = pycolmap.Camera.create_from_model_name(camera_id, model, f, size, size)
+    # the principal point near the centre of a width x height image
+    one_focal = model.startswith(("SIMPLE", "RADIAL"))  # params f, cx, cy, ... (else fx, fy, cx, cy, ...)
+    params[1 if one_focal else 2] += (width - size) / 2
+    params[2 if one_focal else 3] += (height - size) / 2
+    cam = pycolmap.Camera.create_from_model_name(camera_id, model, f, width, height)
     cam.params = params
     return cam, from_colmap(cam, "fixture")
 
@@ -231,15 +239,19 @@ def _rigid(w2c: np.ndarray):
 
 
 def write_colmap(root: Path, n: int = 5, size: int = 28, model: str = "OPENCV", shared_camera: bool = True,
-                 binary: bool = True, masks: bool = False) -> Capture:
+                 binary: bool = True, masks: bool = False, sizes: Optional[List[Tuple[int, int]]] = None) -> Capture:
     """COLMAP layout: images/r_i.png rendered through ``model``'s distortion, sparse/0 (binary or
-    text, via pycolmap) in the world A_TO_WORLD(A), points3D on the analytic surface."""
+    text, via pycolmap) in the world A_TO_WORLD(A), points3D on the analytic surface. ``sizes``:
+    each image's (width, height), one camera per image (as COLMAP's image_undistorter writes)."""
     import pycolmap
 
     c2w_a = poses_a(n, seed=2)
     c2w_world = transform_poses(A_TO_WORLD, c2w_a)
     recon = pycolmap.Reconstruction()
-    cameras = [colmap_camera(model, size, 1 if shared_camera else i + 1) for i in range(n)]
+    if sizes is not None:
+        shared_camera = False
+    cameras = [colmap_camera(model, size, 1 if shared_camera else i + 1,
+                             *(sizes[i] if sizes is not None else (None, None))) for i in range(n)]
     lenses = [lens for _, lens in cameras]
     images = render_views(c2w_a, lenses)
     names = []
@@ -275,17 +287,22 @@ def write_colmap(root: Path, n: int = 5, size: int = 28, model: str = "OPENCV", 
 
 
 # --------------------------------------------------------------------------- instant-ngp
-def write_ngp(root: Path, n: int = 5, size: int = 28, missing: int = 1, distortion: bool = True) -> Capture:
+def write_ngp(root: Path, n: int = 5, size: int = 28, missing: int = 1, distortion: bool = True,
+              sizes: Optional[List[Tuple[int, int]]] = None) -> Capture:
     """transforms.json (global fl_x, fl_y, cx, cy, w, h, k1, k2, p1, p2, aabb_scale; OpenGL poses in the
-    world A_TO_WORLD(A)) with images/r_i.png; the last ``missing`` frames name images that do not exist."""
+    world A_TO_WORLD(A)) with images/r_i.png; the last ``missing`` frames name images that do not exist.
+    ``sizes``: each image's (width, height), written per frame with its own w, h, fl_x, fl_y, cx, cy
+    (as nerfstudio does for mixed cameras)."""
     from datasets.undistort import from_opencv_params
 
     coeffs = dict(k1=-0.06, k2=0.01, p1=0.001, p2=-0.002) if distortion else {}
-    lens = from_opencv_params(size, size, 31.0, 31.5, size / 2 - 0.3, size / 2 + 0.5, **coeffs)
+    wh = sizes if sizes is not None else [(size, size)] * n
+    lenses = [from_opencv_params(w, h, 31.0 + 0.5 * i * (sizes is not None), 31.5, w / 2 - 0.3, h / 2 + 0.5, **coeffs)
+              for i, (w, h) in enumerate(wh)]
     c2w_a = poses_a(n + missing, seed=3)
     c2w_world = transform_poses(A_TO_WORLD, c2w_a)
     frames, names = [], []
-    images = render_views(c2w_a[:n], [lens] * n)
+    images = render_views(c2w_a[:n], lenses)
     for i in range(n + missing):
         name = f"r_{i}.png"
         if i < n:
@@ -295,9 +312,15 @@ def write_ngp(root: Path, n: int = 5, size: int = 28, missing: int = 1, distorti
         opengl = np.eye(4)
         opengl[:3] = c2w_world[i]
         opengl[:3, 1:3] *= -1
-        frames.append({"file_path": f"images/{name}", "transform_matrix": opengl.tolist()})
-    meta = {"fl_x": lens.fx, "fl_y": lens.fy, "cx": lens.cx, "cy": lens.cy, "w": size, "h": size,
+        frame = {"file_path": f"images/{name}", "transform_matrix": opengl.tolist()}
+        if sizes is not None and i < n:
+            lens = lenses[i]
+            frame.update({"fl_x": lens.fx, "fl_y": lens.fy, "cx": lens.cx, "cy": lens.cy, "w": lens.width,
+                          "h": lens.height})
+        frames.append(frame)
+    lens = lenses[0]
+    meta = {"fl_x": lens.fx, "fl_y": lens.fy, "cx": lens.cx, "cy": lens.cy, "w": lens.width, "h": lens.height,
             "aabb_scale": 4, **{k: coeffs.get(k, 0.0) for k in ("k1", "k2", "p1", "p2")}, "frames": frames}
     root.mkdir(parents=True, exist_ok=True)
     (root / "transforms.json").write_text(json.dumps(meta, indent=1))
-    return Capture(root, c2w_a[:n], c2w_world[:n], [lens] * n, A_TO_WORLD, names)
+    return Capture(root, c2w_a[:n], c2w_world[:n], lenses, A_TO_WORLD, names)

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny scenes made by the toolkit's own generator."""
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import systems.registered  # noqa: F401
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data beside the checkout; NSR_SHARED_DATA points elsewhere (e.g. from a git worktree)
+SHARED_DATA = Path(os.environ.get("NSR_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 TINY_SCENE = dict(resolution=24, n_train=6, n_val=2, n_test=3, gt_mesh_resolution=48, seed=3)
 

@@ -70,12 +70,13 @@ def silhouette_agreement(split, scene_to_a_matrix):
     origins, directions = [], []
     c2w_a = torch.from_numpy(transform_poses(scene_to_a_matrix, split.c2w.double().numpy())).float()
     for i in range(len(split)):
-        dirs = pixel_directions(split.width, split.height, split.intrinsics[i]).reshape(-1, 3)
+        h, w = split.size(i)
+        dirs = pixel_directions(w, h, split.intrinsics[i]).reshape(-1, 3)
         rays_o, rays_d = camera_rays(dirs, c2w_a[i])
         origins.append(rays_o)
         directions.append(rays_d)
     hit, _ = sphere_trace(torch.cat(origins).contiguous(), torch.cat(directions), max_steps=fx.MAX_STEPS)
-    alpha = split.alpha.reshape(-1)
+    alpha = split.pixels_alpha
     return float(alpha[hit].mean()), float(alpha[~hit].mean())
 
 
@@ -94,7 +95,7 @@ def test_decompose_projection_recovers_k_and_pose():
 def test_dtu_loads_known_cameras_and_masks(dtu_dir):
     scene = load(DTUScene, dtu_dir.root)
     train = scene.load_split("train")
-    assert len(train) == 4 and (train.width, train.height) == (SIZE, SIZE)
+    assert len(train) == 4 and train.common_size == (SIZE, SIZE)
     lens = dtu_dir.lenses[0]
     assert torch.allclose(train.intrinsics, torch.tensor(lens.intrinsics, dtype=torch.float32).expand(4, 4), atol=1e-4)
     # the scene frame is the normalized sphere: the analytic frame A; scene_to_world is the scale_mat
@@ -113,13 +114,13 @@ def test_dtu_loads_known_cameras_and_masks(dtu_dir):
 
 def test_dtu_downscale_and_no_masks(dtu_dir, tmp_path, caplog):
     half = load(DTUScene, dtu_dir.root, img_downscale=2.0).load_split("val")
-    assert half.rgb.shape[1:3] == (SIZE // 2, SIZE // 2)
+    assert half.image(0).shape[:2] == (SIZE // 2, SIZE // 2) and half.common_size == (SIZE // 2, SIZE // 2)
     assert torch.allclose(half.intrinsics[0], torch.tensor(dtu_dir.lenses[0].intrinsics, dtype=torch.float32) / 2)
     root = tmp_path / "nomask"
     shutil.copytree(dtu_dir.root, root, ignore=shutil.ignore_patterns("mask"))
     with caplog.at_level(logging.WARNING):
         split = load(DTUScene, root).load_split("train")
-    assert not split.has_mask and bool((split.alpha == 1).all())
+    assert not split.has_mask and bool((split.pixels_alpha == 1).all())
     assert "no masks" in caplog.text
 
 
@@ -157,7 +158,7 @@ def test_colmap_text_and_binary_give_the_known_rays(colmap_dir, tmp_path):
     ta, tb = a.load_split("train"), b.load_split("train")
     assert ta.names == tb.names == colmap_dir.names
     assert torch.allclose(ta.c2w, tb.c2w, atol=1e-6) and torch.allclose(ta.intrinsics, tb.intrinsics)
-    assert torch.allclose(ta.rgb, tb.rgb)
+    assert torch.allclose(ta.pixels_rgb, tb.pixels_rgb)
     # poses: mapped back through scene_to_world they are the written world poses
     back = transform_poses(a.scene_to_world.numpy(), ta.c2w.double().numpy())
     assert np.allclose(back, colmap_dir.c2w_world, atol=1e-5)
@@ -177,7 +178,8 @@ def ray_coordinate_image(cam, lens):
 def expected_pinhole_coordinates(split, index):
     """What a pinhole image's pixels of split view ``index`` should hold: (0.5 + 0.5 x, 0.5 + 0.5 y)."""
     fx_, fy_, cx, cy = split.intrinsics[index].double().tolist()
-    j, i = np.meshgrid(np.arange(split.height) + 0.5, np.arange(split.width) + 0.5, indexing="ij")
+    height, width = split.size(index)
+    j, i = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
     x, y = (i - cx) / fx_, (j - cy) / fy_
     return np.stack([0.5 + 0.5 * x, 0.5 + 0.5 * y], -1), np.hypot(x, y)
 
@@ -196,7 +198,7 @@ def test_colmap_images_are_undistorted(colmap_dir, tmp_path):
     for i in range(len(coords)):
         want, radius = expected_pinhole_coordinates(coords, i)
         inner = radius < 0.45  # away from the corners that fall outside the distorted image
-        err = np.abs(coords.rgb[i, ..., :2].numpy() - want)[inner].max()
+        err = np.abs(coords.image(i)[..., :2].numpy() - want)[inner].max()
         raw = np.abs(fx.iio_read(root / "images" / coords.names[i])[..., :2] - want)[inner].max()
         assert err < 0.005 and raw > 2.5 * err, (err, raw)  # 8-bit PNGs: 0.002 steps
 
@@ -205,7 +207,7 @@ def test_colmap_images_are_undistorted(colmap_dir, tmp_path):
     c2w_a = transform_poses(scene_to_a(scene, colmap_dir), train.c2w[:2].double().numpy())
     lenses = [fx.LensCamera(SIZE, SIZE, *train.intrinsics[i].double().tolist()) for i in range(2)]
     for i, ref in enumerate(fx.render_views(c2w_a, lenses)):
-        assert float(np.abs(composite_grey(ref) - train.rgb[i].numpy()).mean()) < 0.02
+        assert float(np.abs(composite_grey(ref) - train.image(i).numpy()).mean()) < 0.02
     # masks (COLMAP's <name>.png convention) undistorted with the images
     assert train.has_mask
     inside, outside = silhouette_agreement(train, scene_to_a(scene, colmap_dir))
@@ -284,7 +286,7 @@ def test_ngp_skips_missing_frames_with_one_warning(ngp_dir, caplog):
     c2w_a = transform_poses(scene_to_a(scene, ngp_dir), train.c2w.double().numpy())
     refs = fx.render_views(c2w_a[:2], [fx.LensCamera(SIZE, SIZE, *train.intrinsics[0].double().tolist())] * 2)
     for i, r in enumerate(refs):
-        assert float(np.abs(composite_grey(r) - train.rgb[i].numpy()).mean()) < 0.02
+        assert float(np.abs(composite_grey(r) - train.image(i).numpy()).mean()) < 0.02
 
 
 def test_ngp_camera_angle_fallback_and_errors(ngp_dir, tmp_path):
@@ -402,7 +404,7 @@ def test_predict_orbit_and_holdout(colmap_dir):
     assert scene.load_split("train").names == colmap_dir.names[1::2]
     assert scene.load_split("test").names == colmap_dir.names[0::2]
     pred = scene.load_split("predict")
-    assert len(pred) == 3 and pred.rgb is None
+    assert len(pred) == 3 and not pred.has_ground_truth
     # around the scene centre at the cameras' distance, looking at it
     eye = pred.c2w[:, :, 3]
     assert torch.allclose(eye.norm(dim=-1), torch.full((3,), 2.5), atol=0.3)
@@ -449,8 +451,8 @@ def test_shared_dtu_scan24_loads():
     scene = load(DTUScene, SHARED_DATA / "dtu_scan24", img_downscale=4.0)
     assert len(scene.views) == 49
     train = scene.load_split("val")
-    assert len(train) == 4 and (train.width, train.height) == (100, 75) and train.has_mask
-    assert 0.05 < float(train.alpha.mean()) < 0.95
+    assert len(train) == 4 and train.common_size == (75, 100) and train.has_mask
+    assert 0.05 < float(train.pixels_alpha.mean()) < 0.95
     # cameras around the unit sphere, looking at it
     eye = train.c2w[:, :, 3]
     assert float(eye.norm(dim=-1).min()) > 1.5
@@ -480,7 +482,7 @@ def test_shared_beer_colmap_projects_its_sparse_points():
     proj = cam[:, :2] / cam[:, 2:] * [lens.fx, lens.fy] + [lens.cx, lens.cy]
     assert np.median(np.linalg.norm(proj - und, axis=-1)) < 1.5
     val = scene.load_split("val")
-    assert val.rgb.shape == (2, 160, 90, 3)
+    assert len(val) == 2 and val.common_size == (160, 90)
 
 
 @shared("fox")
@@ -490,4 +492,4 @@ def test_shared_fox_skips_missing_images(caplog):
     assert len(scene.views) == 50
     assert sum("skipped 17 of 67 frames" in r.getMessage() for r in caplog.records) == 1
     val = scene.load_split("val")
-    assert val.rgb.shape == (2, 240, 135, 3)
+    assert len(val) == 2 and val.common_size == (240, 135)

@@ -43,9 +43,11 @@ def test_batch_size_can_change_between_batches(tiny_scene_dir):
 def test_image_rays_cover_the_image_in_order(tiny_scene_dir):
     split = scene(tiny_scene_dir).load_split("val")
     item = ImageRays(split, "white")[1]
-    n = split.width * split.height
+    h, w = split.size(1)
+    n = w * h
     assert item["rays_o"].shape == (n, 3) and item["rgb"].shape == (n, 3) and int(item["index"]) == 1
-    expected = composite(split.rgb[1].reshape(-1, 3), split.alpha[1].reshape(-1), torch.ones(n, 3))
+    assert (item["height"], item["width"]) == (h, w)
+    expected = composite(split.image(1).reshape(-1, 3), split.mask(1).reshape(-1), torch.ones(n, 3))
     assert torch.allclose(item["rgb"], expected)
 
 

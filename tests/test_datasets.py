@@ -22,9 +22,12 @@ def test_blender_loader_counts_shapes_mask_intrinsics(tiny_scene_dir):
     train = scene.load_split("train")
     r = TINY_SCENE["resolution"]
     assert len(train) == TINY_SCENE["n_train"]
-    assert train.rgb.shape == (TINY_SCENE["n_train"], r, r, 3) and train.rgb.dtype == torch.float32
-    assert train.alpha.shape == (TINY_SCENE["n_train"], r, r) and train.has_mask
-    assert 0.0 < float(train.alpha.mean()) < 1.0  # object and background both present
+    n = TINY_SCENE["n_train"]
+    assert train.common_size == (r, r) and train.sizes.tolist() == [[r, r]] * n
+    assert train.pixels_rgb.shape == (n * r * r, 3) and train.pixels_rgb.dtype == torch.float32
+    assert train.pixels_alpha.shape == (n * r * r,) and train.has_mask
+    assert train.image(2).shape == (r, r, 3) and train.mask(2).shape == (r, r)
+    assert 0.0 < float(train.pixels_alpha.mean()) < 1.0  # object and background both present
     meta = json.loads((tiny_scene_dir / "transforms_train.json").read_text())
     focal = 0.5 * r / np.tan(0.5 * meta["camera_angle_x"])
     assert torch.allclose(train.intrinsics[0], torch.tensor([focal, focal, r / 2, r / 2], dtype=torch.float32))
@@ -38,7 +41,8 @@ def test_blender_loader_counts_shapes_mask_intrinsics(tiny_scene_dir):
 def test_blender_downscale_scales_intrinsics(tiny_scene_dir):
     full = blender(tiny_scene_dir).load_split("val")
     half = blender(tiny_scene_dir, img_downscale=2.0).load_split("val")
-    assert half.width == full.width // 2 and half.rgb.shape[1:3] == (full.height // 2, full.width // 2)
+    (h, w) = full.common_size
+    assert half.common_size == (h // 2, w // 2) and half.image(0).shape[:2] == (h // 2, w // 2)
     assert torch.allclose(half.intrinsics, full.intrinsics / 2)
     wh = blender(tiny_scene_dir, img_wh=[12, 12]).load_split("val")
     assert torch.allclose(wh.intrinsics, half.intrinsics)
@@ -46,7 +50,7 @@ def test_blender_downscale_scales_intrinsics(tiny_scene_dir):
 
 def test_predict_split_is_an_orbit_without_ground_truth(tiny_scene_dir):
     pred = blender(tiny_scene_dir, n_predict_views=5).load_split("predict")
-    assert len(pred) == 5 and pred.rgb is None
+    assert len(pred) == 5 and not pred.has_ground_truth
     train = blender(tiny_scene_dir).load_split("train")
     dist_train = train.c2w[:, :, 3].norm(dim=-1).mean()
     assert torch.allclose(pred.c2w[:, :, 3].norm(dim=-1), dist_train.expand(5), rtol=1e-4)
@@ -87,10 +91,11 @@ def test_images_match_the_analytic_silhouette(tiny_scene_dir):
     from datasets.synthetic import sphere_trace
 
     split = blender(tiny_scene_dir).load_split("train")
-    dirs = pixel_directions(split.width, split.height, split.intrinsics[0]).reshape(-1, 3)
+    h, w = split.size(0)
+    dirs = pixel_directions(w, h, split.intrinsics[0]).reshape(-1, 3)
     rays_o, rays_d = camera_rays(dirs, split.c2w[0])
     hit, _ = sphere_trace(rays_o, rays_d.double().float())
-    alpha = split.alpha[0].reshape(-1)
+    alpha = split.mask(0).reshape(-1)
     assert float(alpha[hit].mean()) > 0.9 and float(alpha[~hit].mean()) < 0.1
 
 

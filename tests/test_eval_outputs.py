@@ -200,7 +200,7 @@ def test_test_split_without_ground_truth_is_skipped_not_faked(tmp_path, tiny_sce
 
     def split(self, name):
         s = original(self, name)
-        return dataclasses.replace(s, rgb=None, alpha=None) if name == "test" else s
+        return dataclasses.replace(s, pixels_rgb=None, pixels_alpha=None) if name == "test" else s
 
     monkeypatch.setattr(SceneDataModule, "split", split)
     save = launch_run(tmp_path, tiny_scene_dir, "--test", "system.export_mesh_at_test=false")

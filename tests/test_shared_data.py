@@ -14,8 +14,8 @@ def test_lego_blender_layout_loads():
     cfg = parse_component(BlenderScene.Config, {"root_dir": str(LEGO), "img_downscale": 4.0})
     scene = BlenderScene(cfg)
     val = scene.load_split("val")
-    assert len(val) == 10 and (val.width, val.height) == (100, 100)
-    assert val.has_mask and 0.05 < float(val.alpha.mean()) < 0.9
+    assert len(val) == 10 and val.common_size == (100, 100)
+    assert val.has_mask and 0.05 < float(val.pixels_alpha.mean()) < 0.9
     # cameras sit on a sphere around the origin looking inward
     eye = val.c2w[:, :, 3]
     forward = val.c2w[:, :, 2]

@@ -73,6 +73,23 @@ def save_image(path: str | Path, img: Tensor | np.ndarray) -> Path:
     return path
 
 
+def pad_to_common_size(frames: Sequence[np.ndarray], value: int = 255) -> List[np.ndarray]:
+    """Frames [H_i, W_i, C] of different sizes (views of different sizes) centred on a canvas of
+    the largest height and width, filled with ``value``; frames of one size are returned as they are."""
+    sizes = {f.shape[:2] for f in frames}
+    if len(sizes) <= 1:
+        return list(frames)
+    h = max(s[0] for s in sizes)
+    w = max(s[1] for s in sizes)
+    out = []
+    for f in frames:
+        canvas = np.full((h, w) + f.shape[2:], value, dtype=f.dtype)
+        top, left = (h - f.shape[0]) // 2, (w - f.shape[1]) // 2
+        canvas[top:top + f.shape[0], left:left + f.shape[1]] = f
+        out.append(canvas)
+    return out
+
+
 def save_video(path: str | Path, frames: Sequence[np.ndarray], fps: int = 20) -> Path:
     """uint8 frames [H, W, 3] -> an MP4 (H.264 through imageio-ffmpeg) or a GIF, by extension."""
     import imageio.v2 as iio2
@@ -80,6 +97,7 @@ def save_video(path: str | Path, frames: Sequence[np.ndarray], fps: int = 20) ->
     path = _prepare(Path(path))
     if not frames:
         raise SaveError(f"no frames to write into '{path}'")
+    frames = pad_to_common_size(frames)
     try:
         if path.suffix == ".gif":
             iio2.mimsave(path, list(frames), duration=1000.0 / fps, loop=0)
