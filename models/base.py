@@ -57,6 +57,9 @@ class ModelConfig:
     # (transmittance below early_stop_eps); 0 turns each off
     alpha_thre: float = 0.0
     early_stop_eps: float = 0.0
+    # > 0: estimate opacities front to back, this many samples per ray at a time, and stop on rays
+    # already opaque, so samples behind a surface cost nothing (0: all samples in one go)
+    early_stop_chunk: int = 0
     near_plane: float = 0.0
     far_plane: float = 1e10
     grid: GridConfig = dataclasses.field(default_factory=GridConfig)
@@ -173,6 +176,7 @@ class BaseModel(nn.Module):
             early_stop_eps=self.cfg.early_stop_eps,
             max_samples_per_ray=self.cfg.max_samples_per_ray,
             backend=self.cfg.backend,
+            early_stop_chunk=self.cfg.early_stop_chunk,
         )
         return PackedSamples(ray_indices, t_starts, t_ends, n_rays=rays_o.shape[0])
 

@@ -44,7 +44,8 @@ def load_experiment(config_path: str, overrides: Sequence[str] = ()) -> Tuple[Di
     """(raw DictConfig, parsed ExperimentConfig) of a preset: its bases, then the profile that
     applies (the preset's ``profiles.cpu`` or ``profiles.gpu``, see ``choose_profile``), then the
     ``key=value`` overrides; renamed keys moved, every key checked (a ConfigError names each one
-    at fault, in every profile, so a GPU profile is checked on a CPU machine too)."""
+    at fault; with ``profile: auto`` in every profile, so a GPU profile is checked on a CPU
+    machine too)."""
     import datasets.registered  # noqa: F401  (fills the registries)
     import models.registered  # noqa: F401
     import systems.registered  # noqa: F401
@@ -62,10 +63,12 @@ def load_experiment(config_path: str, overrides: Sequence[str] = ()) -> Tuple[Di
         merged.profile = name
         return migrate_keys(merged, KEY_CHANGES)
 
-    chosen = choose_profile(merge_configs(preset, cli))
+    requested = merge_configs(preset, cli)
+    chosen = choose_profile(requested)
     raw = with_profile(chosen)
     cfg = parse_config(ExperimentConfig, raw)
-    for other in profiles:
+    # with profile: auto, another machine applies another profile: check that one too
+    for other in profiles if str(requested.get("profile", "auto")) == "auto" else ():
         if other != chosen:
             try:
                 parse_config(ExperimentConfig, with_profile(other))

@@ -96,3 +96,28 @@ def test_nerf_alpha_threshold_takes_effect():
         with torch.no_grad():
             counts.append(float(model.render(rays_o, rays_d, torch.ones_like(rays_o)).num_samples))
     assert counts[0] > 0 and counts[1] == 0.0  # exp(-4)-ish density: every sample is far below 0.5
+
+
+def test_front_to_back_estimate_keeps_the_same_samples_and_skips_what_lies_behind():
+    """Opacity estimated early_stop_chunk samples per ray at a time keeps exactly the samples the
+    one-go estimate keeps, and never evaluates a sample behind the point where its ray turned
+    opaque (beyond the chunk it happened in)."""
+    from models.rendering import ray_marching
+
+    rays_o, rays_d = rays_at_sphere(64)
+    evaluated = []
+
+    def alpha_fn(t_starts, t_ends, ray_indices):  # a solid sphere of radius 0.5, no neighbours used
+        evaluated.append(ray_indices.numel())
+        mid = (t_starts + t_ends) * 0.5
+        pts = rays_o[ray_indices] + rays_d[ray_indices] * mid[:, None]
+        return torch.where(pts.norm(dim=-1) < 0.5, torch.full_like(mid, 0.3), torch.full_like(mid, 1e-3))
+
+    common = dict(aabb=[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], render_step_size=0.01, alpha_fn=alpha_fn,
+                  alpha_thre=1e-4, early_stop_eps=1e-3)
+    one_go = ray_marching(rays_o, rays_d, **common)
+    total = evaluated.pop()
+    chunked = ray_marching(rays_o, rays_d, early_stop_chunk=16, **common)
+    for a, b in zip(one_go, chunked):
+        assert torch.equal(a, b)
+    assert sum(evaluated) < 0.6 * total  # the samples behind the sphere's front were never estimated

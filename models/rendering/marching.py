@@ -47,6 +47,7 @@ def ray_marching(
     max_samples_per_ray: Optional[int] = None,
     backend: BackendName = "auto",
     generator: Optional[torch.Generator] = None,
+    early_stop_chunk: int = 0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Packed samples along rays (not differentiable).
 
@@ -60,7 +61,11 @@ def ray_marching(
     samples; those with ``alpha < alpha_thre`` are dropped, and with ``early_stop_eps > 0`` also
     those whose transmittance (from these alphas) is below it.
     ``max_samples_per_ray`` then keeps the first samples of each ray. ``generator`` drives the
-    stratified offsets (it must live on the rays' device).
+    stratified offsets (it must live on the rays' device). ``early_stop_chunk`` > 0 (with
+    ``early_stop_eps``) evaluates ``alpha_fn`` front to back, that many samples of each ray at a
+    time, and never on the samples of a ray that is already opaque: the samples kept are the same
+    (up to ``alpha_fn`` seeing its samples in smaller groups), the estimate costs only what lies
+    in front of each surface.
     """
     if render_step_size <= 0:
         raise ValueError(f"render_step_size must be > 0, got {render_step_size}")
@@ -79,11 +84,17 @@ def ray_marching(
 
     keep = None
     if alpha_fn is not None and (alpha_thre > 0 or early_stop_eps > 0) and ray_indices.numel():
-        alphas = alpha_fn(t_starts, t_ends, ray_indices).reshape(-1)
+        if early_stop_eps > 0 and early_stop_chunk > 0:
+            alphas, evaluated = _alphas_front_to_back(alpha_fn, t_starts, t_ends, ray_indices, n_rays,
+                                                      early_stop_chunk, early_stop_eps)
+        else:
+            alphas, evaluated = alpha_fn(t_starts, t_ends, ray_indices).reshape(-1), None
         keep = alphas >= alpha_thre
         if early_stop_eps > 0:
             trans = render_transmittance_from_alpha(alphas, ray_indices, n_rays, backend="torch")
             keep = keep & (trans >= early_stop_eps)
+        if evaluated is not None:
+            keep = keep & evaluated
     if max_samples_per_ray is not None:
         if keep is None:
             keep = _rank_in_ray(ray_indices, n_rays) < max_samples_per_ray
@@ -306,6 +317,30 @@ def _intervals_to_samples(lat: _Lattice, ray: Tensor, a: Tensor, b: Tensor, dtyp
     t_starts = lat.t_of(k, ray_indices)
     t_ends = lat.t_of(k + 1, ray_indices)
     return ray_indices, t_starts.to(dtype), t_ends.to(dtype)
+
+
+def _alphas_front_to_back(alpha_fn: AlphaFn, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor, n_rays: int,
+                          chunk: int, eps: float) -> Tuple[Tensor, Tensor]:
+    """``alpha_fn`` on the samples of each ray ``chunk`` at a time, front to back, skipping the
+    rays whose transmittance has fallen below ``eps`` -> (alphas [S], 0 where not evaluated;
+    evaluated [S] bool). Every sample in front of the point where its ray turns opaque is
+    evaluated, so the transmittance of those samples is exact."""
+    rank = _rank_in_ray(ray_indices, n_rays)
+    alphas = torch.zeros_like(t_starts)
+    evaluated = torch.zeros_like(t_starts, dtype=torch.bool)
+    log_trans = torch.zeros(n_rays, dtype=torch.float64, device=t_starts.device)
+    alive = torch.ones(n_rays, dtype=torch.bool, device=t_starts.device)
+    log_eps = math.log(eps)
+    for first in range(0, int(rank.max()) + 1, chunk):
+        pick = torch.nonzero((rank >= first) & (rank < first + chunk) & alive[ray_indices])[:, 0]
+        if pick.numel() == 0:
+            break
+        a = alpha_fn(t_starts[pick], t_ends[pick], ray_indices[pick]).reshape(-1)
+        alphas[pick] = a.to(alphas.dtype)
+        evaluated[pick] = True
+        log_trans.index_add_(0, ray_indices[pick], torch.log1p(-a.double().clamp(0.0, 1.0 - 1e-12)))
+        alive = log_trans >= log_eps
+    return alphas, evaluated
 
 
 def _rank_in_ray(ray_indices: Tensor, n_rays: int) -> Tensor:
