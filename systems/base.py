@@ -188,13 +188,11 @@ class BaseSystem(pl.LightningModule):
         if weight_nonzero(loss_cfg.lambda_distortion) and samples is not None and len(samples) > 0:
             terms["distortion"] = distortion_loss(
                 samples.weights, samples.t_starts, samples.t_ends, samples.ray_indices, samples.n_rays,
-                backend=self.model.cfg.backend,
             ).mean()
         bg = out.background
         if weight_nonzero(loss_cfg.lambda_distortion_bg) and bg is not None and bg.samples is not None:
             terms["distortion_bg"] = distortion_loss(
                 bg.samples.weights, bg.s_starts, bg.s_ends, bg.samples.ray_indices, bg.samples.n_rays,
-                backend=self.model.cfg.backend,
             ).mean()
         regs = self.model.field_regularizations()
         for name in ("tv", "l1"):
