@@ -68,6 +68,12 @@ def test_missing_and_broken_imports_give_reasons(fresh, tmp_path):
     assert reason == "torchmcubes does not import (OSError: Unknown compute capability)"
 
 
+def test_disabled_by_the_environment(fresh):
+    install_module(fresh, "nerfacc", nerfacc_05())
+    fresh.setenv("NSR_DISABLE_BACKENDS", "tcnn, nerfacc")
+    assert backends.unavailable_reason("nerfacc") == "disabled by NSR_DISABLE_BACKENDS"
+
+
 def test_detection_is_cached_until_cleared(fresh):
     install_module(fresh, "nerfacc", nerfacc_05())
     assert backends.available("nerfacc")

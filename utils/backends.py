@@ -18,13 +18,16 @@ forgets it (tests install stand-ins and call it).
 ``"torch"`` always means PyTorch; ``"auto"`` takes the first usable kernel for tensors on a CUDA
 device and PyTorch otherwise, with a one-line notice (once per reason) when it falls back on CUDA;
 naming a kernel forces it, and a call that cannot use it raises ``BackendError`` naming the
-config key. Nothing here imports from ``datasets/``, ``models/`` or ``systems/``.
+config key. ``NSR_DISABLE_BACKENDS=nerfacc,tcnn`` (environment) makes the named backends count
+as unusable, e.g. to rule out a broken install without removing it. Nothing here imports from
+``datasets/``, ``models/`` or ``systems/``.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import logging
+import os
 import threading
 import types
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
@@ -47,6 +50,8 @@ LIBRARIES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     "triton": ("triton", TRITON_NEEDS),
     "torchmcubes": ("torchmcubes", TORCHMCUBES_NEEDS),
 }
+
+DISABLE_ENV = "NSR_DISABLE_BACKENDS"
 
 # device types whose tensors may go to a kernel backend. Tests add "cpu" to send CPU tensors
 # through the kernel paths of stand-in libraries (tests/stand_ins); nothing else changes it.
@@ -98,6 +103,8 @@ def _detect(name: str) -> Optional[str]:
     if name not in LIBRARIES:
         raise ValueError(f"unknown optional library '{name}'; known: {', '.join(LIBRARIES)}")
     module_name, needs = LIBRARIES[name]
+    if name in {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",")}:
+        return f"disabled by {DISABLE_ENV}"
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
