@@ -4,6 +4,8 @@ reach a CUDA library, that forcing a kernel on CPU tensors names the config key,
 normals and second derivatives work when a kernel lacks them, and that every preset trains,
 renders and exports with the libraries installed."""
 import logging
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -105,8 +107,13 @@ def test_triton_is_next_when_tinycudann_is_missing(make_stand_ins, monkeypatch):
     enc = encodings.make("hashgrid", HASHGRID)
     x = torch.rand(4, 3)
     assert enc.backend_for(x) == "torch"  # neither tinycudann nor triton
+    # triton usable: the library, this grid and the compiled kernels (all faked; the real kernels:
+    # test_backends_parity.py)
     monkeypatch.setattr(backends, "kernel_unavailable_reason", lambda name: None if name == "triton" else "absent")
     monkeypatch.setattr(type(enc), "_veto", lambda self, name: None)
+    kernels = types.ModuleType("models.encodings.triton_hashgrid")
+    kernels.kernels_work = lambda device, n_features, smoothstep: None
+    monkeypatch.setitem(sys.modules, "models.encodings.triton_hashgrid", kernels)
     assert enc.backend_for(x) == "triton"
 
 
@@ -206,8 +213,8 @@ def test_tcnn_mlp_steps_aside_where_second_derivatives_are_needed(stand_ins, mon
 # ------------------------------------------------------------------------------------------------
 PRESETS = sorted(p.stem for p in Path("configs").glob("*.yaml"))
 SHORT = [*TINY_RUN, "trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=1000",
-         "export.resolution=32", "system.eval_mesh_points=500", "system.save_video=false",
-         "model.num_samples_per_ray=64"]
+         "export.resolution=32", "system.eval_mesh_points=500", "system.save_video=false"]
+FEW_SAMPLES = ["model.num_samples_per_ray=64"]  # the test renders of an untrained field are the slow part
 
 
 @pytest.fixture(scope="module")
@@ -235,14 +242,19 @@ def test_presets_are_all_covered():
             "neus-ngp", "neus-triplane-sso"} <= set(PRESETS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_runs_with_the_libraries_installed(preset, stand_ins, tmp_path, tiny_scene_dir, capture_dirs):
     """A CUDA machine with tinycudann and nerfacc, the model kept on the CPU: training steps, a
     test render and the mesh export, all in PyTorch, none of it in the (CUDA-only) libraries."""
-    extra = ["export.threshold=0.0"] if preset.startswith("nerf") else []
+    short = [*SHORT, *FEW_SAMPLES]
+    if preset.startswith("nerf"):
+        # a density field has a surface to export once the occupancy grid has emptied some cells:
+        # test_launch's schedule (4 steps, every sample) and threshold
+        short = [*SHORT, "trainer.max_steps=4", "export.threshold=0.0"]
     code = launch.main(["--exp-dir", str(tmp_path / "exp"), "--runs-dir", str(tmp_path / "runs"),
                         "--config", f"configs/{preset}.yaml", "--train", "--accelerator", "cpu",
-                        *preset_data(preset, tiny_scene_dir, capture_dirs), *SHORT, *extra])
+                        *preset_data(preset, tiny_scene_dir, capture_dirs), *short])
     assert code == 0
     (root,) = [p for name in (tmp_path / "exp").iterdir() for p in name.iterdir()]
     assert list((root / "save" / "test").glob("*.png"))
@@ -250,6 +262,7 @@ def test_every_preset_runs_with_the_libraries_installed(preset, stand_ins, tmp_p
     assert stand_ins.calls() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,extra", [
     ("neus-synthetic", ["system.loss.lambda_distortion=0.01"]),
     ("nerf-blender", ["system.loss.lambda_distortion=0.01", "system.export_mesh_at_test=false",
@@ -261,7 +274,7 @@ def test_training_runs_through_the_kernel_paths(preset, extra, stand_ins, monkey
     pretend_cpu_is_cuda(monkeypatch, stand_ins)
     code = launch.main(["--exp-dir", str(tmp_path / "exp"), "--runs-dir", str(tmp_path / "runs"),
                         "--config", f"configs/{preset}.yaml", "--train", "--accelerator", "cpu",
-                        *preset_data(preset, tiny_scene_dir, {}), *SHORT, *extra])
+                        *preset_data(preset, tiny_scene_dir, {}), *SHORT, *FEW_SAMPLES, *extra])
     assert code == 0
     kinds = {name for name, _ in stand_ins.calls()}
     assert {"traverse_grids", "accumulate_along_rays", "encoding"} <= kinds
