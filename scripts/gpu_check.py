@@ -625,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", default=None, help="comma-separated parts to run (default: all)")
     p.add_argument("--data", default=None, help="the lego scene (NeRF-synthetic layout); default: ../shared/data/lego")
     p.add_argument("--wheels", default=str(REPO / ".whl"), help="folder of carried wheels (default .whl/)")
-    p.add_argument("--blender-steps", type=int, default=1000, help="training steps of the blender part")
+    p.add_argument("--blender-steps", type=int, default=600, help="training steps of the blender part")
     p.add_argument("--speed-steps", type=int, default=40, help="timed training steps per speed variant")
     p.add_argument("--cpu-smoke", action="store_true", help="run the plumbing on the CPU at tiny sizes")
     p.add_argument("--dry-run", action="store_true", help="print the plan as the JSON line; run nothing")
