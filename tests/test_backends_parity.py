@@ -16,7 +16,7 @@ from tests.stand_ins import pretend_cpu_is_cuda
 from utils import backends
 
 CUDA = torch.cuda.is_available()
-# dense (res 5), then hashed levels (2^8 entries < 6^3...), 2 features, a progressive schedule
+# level 0 dense (4^3 vertices, wrapping at the upper edge), levels 1-3 hashed (7^3 ... > 2^8 entries)
 GRID = {"n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 8, "base_resolution": 4,
         "per_level_scale": 1.7}
 
