@@ -3,14 +3,18 @@
 ``volume-sdf`` predicts a signed distance (negative inside) plus a feature vector, with the
 SDF's spatial gradient computed analytically (the encodings' explicit Jacobians chained through
 the network's hand-written input gradient: a first-order graph only), by autograd with
-``create_graph``, or by central finite differences. ``volume-density`` predicts a density.
+``create_graph``, or by central finite differences. A call whose encoding runs on a kernel
+without a jacobian (tiny-cuda-nn's hash grid, see ``Encoding.has_explicit_jacobian``) takes the
+analytic gradient by autograd instead, with a one-line notice: tiny-cuda-nn's grid encodings
+have the second derivatives the eikonal loss needs. ``volume-density`` predicts a density.
 Points are given in scene coordinates inside the box [-radius, radius]^3; ``radius`` is the
 model's (``model.radius``), handed over when the model builds its geometry.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Dict, Literal, Union
+from typing import Any, Dict, Literal, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +22,8 @@ from torch import Tensor, nn
 from models import geometries
 from models.encodings import encodings
 from models.networks import networks
-from utils.config import component
+from utils import backends
+from utils.config import component, key_of
 
 
 class BaseGeometry(nn.Module):
@@ -87,18 +92,22 @@ class VolumeSDF(BaseGeometry):
         """points [N, 3] -> sdf [N], feature [N, F], and (with_grad) grad [N, 3], (with_laplace) laplace [N]."""
         x = self.to_unit_cube(points)
         out: Dict[str, Tensor] = {}
+        grad_type = self.cfg.grad_type
+        if with_grad and grad_type == "analytic" and not self.encoding.has_explicit_jacobian(x):
+            backends.notice_once(
+                f"{key_of(self.cfg, 'grad_type', 'model.geometry')}=analytic: the position encoding gives no "
+                "explicit jacobian on its kernel (tiny-cuda-nn computes none); the SDF gradient is taken by "
+                "autograd through it"
+            )
+            grad_type = "autograd"
         if not with_grad:
             raw = self.network(self.encoding(x))
-        elif self.cfg.grad_type == "analytic":
+        elif grad_type == "analytic":
             feats, jac = self.encoding.forward_with_jacobian(x)  # jac [N, F_enc, 3] w.r.t. unit-cube coords
             raw, d_sdf_d_feats = self.network.forward_with_input_grad(feats)
             out["grad"] = torch.einsum("nf,nfd->nd", d_sdf_d_feats, jac) / (2.0 * self.radius)
-        elif self.cfg.grad_type == "autograd":
-            with torch.enable_grad():
-                pts = points if points.requires_grad else points.detach().requires_grad_(True)
-                raw = self.network(self.encoding(self.to_unit_cube(pts)))
-                (grad,) = torch.autograd.grad(raw[:, 0].sum(), pts, create_graph=self.training)
-            out["grad"] = grad
+        elif grad_type == "autograd":
+            raw, out["grad"] = self._autograd_grad(points)
         else:
             raw = self.network(self.encoding(x))
             out["grad"] = self._fd_grad(points)
@@ -107,6 +116,21 @@ class VolumeSDF(BaseGeometry):
         if with_laplace:
             out["laplace"] = self._fd_laplace(points, out["sdf"])
         return out
+
+    def _autograd_grad(self, points: Tensor) -> Tuple[Tensor, Tensor]:
+        """points [N, 3] -> (raw network output [N, 1 + F], d sdf / d points [N, 3]), the gradient
+        differentiable (create_graph) while training, for the eikonal loss."""
+        create_graph = self.training
+        # kernels without second derivatives (tiny-cuda-nn networks) step aside while training
+        marked = backends.double_backward() if create_graph else contextlib.nullcontext()
+        # evaluation runs in inference mode (Lightning's default), where autograd records nothing
+        with torch.inference_mode(False), torch.enable_grad(), marked:
+            if points.is_inference():
+                points = points.clone()  # an inference tensor cannot enter a recorded graph
+            pts = points if points.requires_grad else points.detach().requires_grad_(True)
+            raw = self.network(self.encoding(self.to_unit_cube(pts)))
+            (grad,) = torch.autograd.grad(raw[:, 0].sum(), pts, create_graph=create_graph)
+        return raw, grad
 
     def _offsets(self, points: Tensor) -> Tensor:
         eps = self.fd_eps()

@@ -2,6 +2,7 @@
 # Create .venv (if missing) and install the toolkit's requirements into it.
 #   bash scripts/setup.sh            # CPU machines: torch==2.13.0 (the local CPU build)
 #   TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128 bash scripts/setup.sh
+#   WITH_TRITON=1 bash scripts/setup.sh   # + triton if missing (~270 MB; runs the Triton kernels' tests on a CPU)
 # An existing torch in the venv is kept, so a GPU build installed by hand stays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,4 +29,9 @@ trap 'rm -f "$CONSTRAINTS"' EXIT
 echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
 echo "[setup] installing requirements.txt (torch kept at $TORCH_VERSION)"
 "${PIP[@]}" install -q -r requirements.txt -c "$CONSTRAINTS"
+if [ "${WITH_TRITON:-0}" = "1" ] && ! "$VENV/bin/python" -c "import triton" 2>/dev/null; then
+  # CUDA builds of torch bring their own triton; this is for CPU machines (the interpreter tests)
+  echo "[setup] installing triton==${TRITON_VERSION:-3.9.0} (a ~270 MB wheel)"
+  "${PIP[@]}" install -q "triton==${TRITON_VERSION:-3.9.0}" -c "$CONSTRAINTS"
+fi
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, pytorch_lightning as pl; print("torch", torch.__version__, "| lightning", pl.__version__, "| cuda", torch.cuda.is_available())')"

@@ -61,15 +61,14 @@ def common_loss_terms(loss_cfg: Any, batch: Dict[str, Tensor], out: RenderOutput
         terms["mask"] = mask_loss(opacity, batch["alpha"])
     if weight_nonzero(loss_cfg.lambda_opaque):
         terms["opaque"] = opaque_loss(opacity)
-    backend = model.cfg.backend
     samples = out.samples
     if weight_nonzero(loss_cfg.lambda_distortion) and samples is not None and len(samples) > 0:
         terms["distortion"] = distortion_loss(samples.weights, samples.t_starts, samples.t_ends, samples.ray_indices,
-                                              samples.n_rays, backend=backend).mean()
+                                              samples.n_rays).mean()
     bg = out.background
     if weight_nonzero(loss_cfg.lambda_distortion_bg) and bg is not None and bg.samples is not None:
         terms["distortion_bg"] = distortion_loss(bg.samples.weights, bg.s_starts, bg.s_ends, bg.samples.ray_indices,
-                                                 bg.samples.n_rays, backend=backend).mean()
+                                                 bg.samples.n_rays).mean()
     regs = model.field_regularizations()
     for name in ("tv", "l1"):
         if weight_nonzero(getattr(loss_cfg, f"lambda_{name}")) and name in regs:

@@ -1,14 +1,23 @@
-"""Shared fixtures: tiny scenes made by the toolkit's own generator."""
-import dataclasses
+"""Shared fixtures: tiny scenes made by the toolkit's own generator; the stand-ins for the optional
+CUDA libraries (tests/stand_ins)."""
 import os
 from pathlib import Path
 
-import pytest
 import torch
 
-import datasets.registered  # noqa: F401
-import models.registered  # noqa: F401
-import systems.registered  # noqa: F401
+if not torch.cuda.is_available():
+    # without a GPU, Triton kernels run under Triton's interpreter. It is read when @triton.jit
+    # decorates, also Triton's own library functions (tl.zeros, tl.sum), so it must be set before
+    # anything imports triton (pytorch_lightning does)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import datasets.registered  # noqa: F401, E402
+import models.registered  # noqa: F401, E402
+import systems.registered  # noqa: F401, E402
+from tests import stand_ins as _stand_ins  # noqa: E402
+from utils import backends  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -28,3 +37,19 @@ def tiny_scene_dir(tmp_path_factory) -> Path:
     cfg = parse_component(SyntheticScene.Config, {**TINY_SCENE, "root_dir": str(root)})
     SyntheticScene(cfg)
     return root
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """PyTorch stand-ins for tinycudann and nerfacc in sys.modules, triton hidden, CUDA reported
+    as available (see tests/stand_ins)."""
+    installed = _stand_ins.install(monkeypatch)
+    yield installed
+    backends.clear_cache()
+
+
+@pytest.fixture
+def make_stand_ins(monkeypatch):
+    """``make(tcnn=..., nerfacc=..., triton=..., nerfacc_kernels_built=...)`` -> StandIns."""
+    yield lambda **kw: _stand_ins.install(monkeypatch, **kw)
+    backends.clear_cache()

@@ -264,29 +264,3 @@ def test_unknown_key_raises_config_error():
         encodings.make("hashgrid", {"n_level": 4})
     with pytest.raises(ConfigError, match="interpolation"):
         encodings.make("hashgrid", {"interpolation": "cubic"})
-
-
-def test_tcnn_fallback_without_tinycudann():
-    from models.encodings.tcnn import tcnn_available
-
-    enc = encodings.make("hashgrid", {"n_levels": 2, "log2_hashmap_size": 10, "backend": "auto"})
-    if not (tcnn_available() and torch.cuda.is_available()):
-        assert not enc.uses_tcnn and enc.table.shape[1] == 2
-
-
-@pytest.mark.skipif(
-    not (torch.cuda.is_available() and __import__("models.encodings.tcnn", fromlist=["x"]).tcnn_available()),
-    reason="needs CUDA and tinycudann",
-)
-def test_tcnn_parity():
-    from models.encodings.tcnn import copy_params_to_tcnn
-
-    cfg = {"n_levels": 8, "log2_hashmap_size": 12, "base_resolution": 4, "per_level_scale": 1.7}
-    ref = encodings.make("hashgrid", dict(cfg, backend="torch"))
-    fast = encodings.make("hashgrid", dict(cfg, backend="tcnn")).cuda()
-    assert fast.uses_tcnn
-    with torch.no_grad():
-        ref.table.uniform_(-1, 1)
-    copy_params_to_tcnn(ref.table, fast.tcnn)
-    x = torch.rand(4096, 3)
-    torch.testing.assert_close(fast(x.cuda()).cpu(), ref(x), rtol=1e-3, atol=1e-4)

@@ -1,11 +1,14 @@
 """Marching cubes and isosurface extraction (one pass and block-wise), checked against analytic
 surfaces (spheres), hand-computed cases and each other."""
 import math
+import sys
+import types
 
 import numpy as np
 import pytest
 import torch
 
+import utils.backends as accelerators
 import utils.mesh.backends as backends
 from utils.mesh import (
     EmptySurfaceError,
@@ -116,7 +119,13 @@ def test_torchmcubes_conversion_with_emulated_library(monkeypatch):
         faces = torch.arange(soup.shape[0], dtype=torch.int32).reshape(-1, 3)
         return soup, faces
 
-    monkeypatch.setattr(backends, "_TORCHMCUBES", fake)
+    stand_in = types.ModuleType("torchmcubes")
+    stand_in.marching_cubes = fake
+    monkeypatch.setitem(sys.modules, "torchmcubes", stand_in)
+    accelerators.clear_cache()
+    monkeypatch.setattr(accelerators, "_status", {})  # forgotten again when the test ends
+    monkeypatch.setattr(accelerators, "_modules", {})
+    assert torchmcubes_available()
     x = torch.linspace(-1, 1, 20)
     grid = torch.stack(torch.meshgrid(x, x, x, indexing="ij"), -1)
     values = sphere_sdf([0.1, -0.2, 0.05], 0.6)(grid)

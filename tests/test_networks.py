@@ -159,27 +159,62 @@ def test_mlp_config_errors():
         networks.make("siren", {"w00": 3}, n_input_dims=2, n_output_dims=1)
 
 
-def test_mlp_tcnn_fallback_notice():
-    from models.encodings.tcnn import tcnn_available
-
-    net = _mlp(backend="auto", activation="softplus", weight_norm=True)
-    if not (tcnn_available() and torch.cuda.is_available()):
-        assert not net.uses_tcnn
+# ----------------------------------------------------------------------------- tcnn-mlp
+def _tcnn_mlp(d_in=5, d_out=3, **cfg):
+    return networks.make("tcnn-mlp", dict({"n_neurons": 16, "n_hidden_layers": 2, "backend": "torch"}, **cfg),
+                         n_input_dims=d_in, n_output_dims=d_out)
 
 
-@pytest.mark.skipif(
-    not (torch.cuda.is_available() and __import__("models.encodings.tcnn", fromlist=["x"]).tcnn_available()),
-    reason="needs CUDA and tinycudann",
-)
-def test_mlp_tcnn_sphere_init_parity():
+def _manual_tcnn_mlp(net, h):
+    """tiny-cuda-nn's layout written out: row-major matrices one after the other, the input padded
+    to 16 columns with ones, the output padded to 16 rows; softplus with K_ACT = 10."""
+    acts = {"relu": torch.relu, "softplus": lambda z: torch.log1p(torch.exp(10 * z)) / 10, "sigmoid": torch.sigmoid,
+            "tanh": torch.tanh, "none": lambda z: z}
+    p, w, d_in = net.params, net.cfg.n_neurons, h.shape[1]
+    shapes = [(w, 16)] + [(w, w)] * (net.cfg.n_hidden_layers - 1) + [(16, w)]
+    assert p.numel() == sum(r * c for r, c in shapes)
+    a = torch.cat([h, torch.ones(h.shape[0], 16 - d_in, dtype=h.dtype)], dim=1)
+    start = 0
+    for i, (r, c) in enumerate(shapes):
+        W = p[start:start + r * c].reshape(r, c)
+        start += r * c
+        a = a @ W.t()
+        if i < len(shapes) - 1:
+            a = acts[net.cfg.activation](a)
+    return acts[net.cfg.output_activation](a[:, :net.n_output_dims])
+
+
+@pytest.mark.parametrize("activation,output_activation", [("relu", "none"), ("softplus", "sigmoid"), ("tanh", "tanh")])
+def test_tcnn_mlp_pytorch_path_is_tcnns_layout(activation, output_activation):
     torch.manual_seed(0)
-    net = networks.make("mlp", {"n_neurons": 64, "n_hidden_layers": 2, "activation": "relu", "sphere_init": True,
-                                "backend": "tcnn"}, n_input_dims=3 + 13, n_output_dims=16).cuda()
-    assert net.uses_tcnn
-    p = torch.rand(4096, 3, device="cuda") * 2 - 1
-    h = torch.cat([p, torch.randn(4096, 13, device="cuda")], -1)
-    sdf = net(h)[:, 0]
-    assert (sdf - (p.norm(dim=-1) - 0.5)).abs().mean() < 0.2
+    net = _tcnn_mlp(activation=activation, output_activation=output_activation).double()
+    h = torch.randn(40, 5, dtype=torch.float64)
+    assert torch.allclose(net(h), _manual_tcnn_mlp(net, h), atol=1e-12)
+    # padded input columns act as a bias: the output depends on them even for h = 0
+    assert net(torch.zeros(2, 5, dtype=torch.float64)).abs().sum() > 0
+
+
+@pytest.mark.parametrize("activation", ["relu", "softplus", "tanh"])
+def test_tcnn_mlp_input_grad_matches_autograd(activation):
+    torch.manual_seed(1)
+    net = _tcnn_mlp(activation=activation, output_activation="sigmoid").double()
+    h = torch.randn(30, 5, dtype=torch.float64, requires_grad=True)
+    out, g = net.forward_with_input_grad(h)
+    (ref,) = torch.autograd.grad(net(h)[:, 0].sum(), h)
+    assert torch.allclose(out, net(h)) and torch.allclose(g, ref, atol=1e-10)
+
+
+def test_tcnn_mlp_initialization_and_config_errors():
+    torch.manual_seed(0)
+    net = _tcnn_mlp(d_in=20, d_out=1, n_neurons=64)
+    first, hidden, last = net.matrices()
+    assert first.shape == (64, 32) and hidden.shape == (64, 64) and last.shape == (16, 64)
+    bound = (6.0 / (64 + 32)) ** 0.5  # Xavier-uniform per matrix, as tiny-cuda-nn
+    assert first.abs().max() <= bound and first.abs().max() > 0.9 * bound
+    with pytest.raises(ValueError, match="at least one hidden layer"):
+        _tcnn_mlp(n_hidden_layers=0)
+    with pytest.raises(ConfigError, match="activation"):
+        _tcnn_mlp(activation="silu")
 
 
 # ----------------------------------------------------------------------------- SIREN

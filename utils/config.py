@@ -305,6 +305,7 @@ class _Parser:
         parsed = self.dataclass(schema, raw, path)
         if parsed is not None:
             parsed.name = name  # which class to make; kept beside the typed options
+            parsed.key_path = path  # where it sits, for messages (see key_of)
         return parsed
 
     def value(self, tp: Any, raw: Any, path: str) -> Any:
@@ -408,6 +409,12 @@ def parse_component(schema: type, raw: Any, path: str = "", components: Optional
         lines = "\n".join(f"  - {e}" for e in parser.errors)
         raise ConfigError(f"invalid config ({len(parser.errors)} problem(s)):\n{lines}")
     return out
+
+
+def key_of(cfg: Any, field: str, default_prefix: str) -> str:
+    """The full key of ``cfg``'s ``field`` for messages, e.g. ``model.geometry.xyz_encoding.inner.backend``
+    (``default_prefix`` when ``cfg`` was not parsed as a component of a larger config)."""
+    return f"{getattr(cfg, 'key_path', None) or default_prefix}.{field}"
 
 
 def config_to_dict(cfg: Any) -> Any:

@@ -85,6 +85,7 @@ class Registry:
         schema = getattr(cls, "Config", None)
         if schema is not None and not isinstance(cfg, schema):
             cfg = parse_config(schema, {} if cfg is None else cfg, path=path or self.kind)
+            cfg.key_path = path or name
         return cls(cfg, *args, **kwargs)
 
 

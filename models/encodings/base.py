@@ -29,6 +29,12 @@ class Encoding(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} has no forward_with_jacobian")
 
+    def has_explicit_jacobian(self, x: torch.Tensor) -> bool:
+        """Whether ``forward_with_jacobian`` computes the jacobian for points x [N, D] itself (False
+        when the call would run on a kernel without one, e.g. tiny-cuda-nn: take gradients by
+        autograd then)."""
+        return type(self).forward_with_jacobian is not Encoding.forward_with_jacobian
+
     def update_step(self, epoch: int, global_step: int) -> None:
         """Called by the system once per training step (progressive schedules use it)."""
 

@@ -88,6 +88,9 @@ class WithXYZ(Encoding):
         out = torch.cat([(x * 2.0 - 1.0) * self.xyz_scale, feats], dim=-1)
         return out, torch.cat([eye.expand(N, D, D), jac], dim=1)
 
+    def has_explicit_jacobian(self, x: torch.Tensor) -> bool:
+        return self.inner.has_explicit_jacobian(x)
+
     def update_step(self, epoch: int, global_step: int) -> None:
         self.inner.update_step(epoch, global_step)
 

@@ -1,7 +1,14 @@
-"""Multiresolution hash grid (Instant-NGP) and its progressive variant, in pure PyTorch.
+"""Multiresolution hash grid (Instant-NGP) and its progressive variant.
 
-Layout and indexing follow tiny-cuda-nn's "HashGrid" encoding, so parameters can be moved
-between the two backends:
+One parameter, ``table``, whatever is installed; the kernel is chosen per call (config
+``backend``, see ``utils.backends.choose``): PyTorch (``grid_gather``, any device), tiny-cuda-nn's
+HashGrid run on this very table (CUDA, ``models/encodings/tcnn.py``) or the Triton kernels
+(CUDA, ``models/encodings/triton_hashgrid.py``). "auto" prefers tiny-cuda-nn, then Triton, for
+CUDA inputs. tiny-cuda-nn gives no explicit jacobian: ``has_explicit_jacobian`` tells geometries
+to take gradients by autograd instead (its grid encodings support double backward).
+
+Layout and indexing follow tiny-cuda-nn's "HashGrid" encoding, so all three compute one function
+of one table:
 
 - level ``l`` has scale ``s_l = base_resolution * per_level_scale^l - 1`` (float32 math) and
   ``R_l = ceil(s_l) + 1`` lattice vertices per axis; a point maps to ``p = x * s_l + 0.5``,
@@ -29,6 +36,12 @@ from torch import nn
 from models.encodings import register
 from models.encodings.base import Encoding, on_empty_batch
 from models.encodings.gather import GridSampler, combine_corner_terms, grid_gather, nlinear_weights
+from models.encodings.tcnn import KernelCache, run_kernel
+from utils import backends
+from utils.config import key_of
+
+# kernel backends of the hash grid, in the order "auto" tries them
+KERNELS = ("tcnn", "triton")
 
 
 HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
@@ -83,6 +96,7 @@ class HashGridSampler(GridSampler):
         if any(hashed[: self.n_dense]) or not all(hashed[self.n_dense :]):
             raise ValueError("hash grid levels must be dense first, then hashed (per_level_scale >= 1)")
         self._meta: Dict[Tuple[torch.device, torch.dtype], Dict[str, torch.Tensor]] = {}
+        self._kernel_meta: Dict[torch.device, Tuple[torch.Tensor, ...]] = {}
 
     def n_out_groups(self, n_groups: int) -> int:
         return n_groups
@@ -93,22 +107,41 @@ class HashGridSampler(GridSampler):
     def meta(self, device: torch.device, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
         key = (device, dtype)
         if key not in self._meta:
-            lv = self.levels
-            D = self.n_dims
-            strides = [[lvl.resolution**d for d in range(D)] for lvl in lv]
-            self._meta[key] = {
-                "scale": torch.tensor([lvl.scale for lvl in lv], dtype=dtype, device=device),
-                "offset": torch.tensor([lvl.offset for lvl in lv], dtype=torch.int32, device=device),
-                "size": torch.tensor([lvl.size for lvl in lv], dtype=torch.int32, device=device),
-                "stride": torch.tensor(strides, dtype=torch.int32, device=device),
-                # the primes as int32 bit patterns (two's complement of the uint32 values)
-                "primes": torch.tensor(
-                    [p - (1 << 32) if p >= 1 << 31 else p for p in HASH_PRIMES[:D]],
-                    dtype=torch.int32,
-                    device=device,
-                ),
-            }
+            with torch.inference_mode(False):  # cached: must also serve calls recorded by autograd
+                self._meta[key] = self._make_meta(device, dtype)
         return self._meta[key]
+
+    def _make_meta(self, device: torch.device, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
+        lv = self.levels
+        D = self.n_dims
+        strides = [[lvl.resolution**d for d in range(D)] for lvl in lv]
+        return {
+            "scale": torch.tensor([lvl.scale for lvl in lv], dtype=dtype, device=device),
+            "offset": torch.tensor([lvl.offset for lvl in lv], dtype=torch.int32, device=device),
+            "size": torch.tensor([lvl.size for lvl in lv], dtype=torch.int32, device=device),
+            "stride": torch.tensor(strides, dtype=torch.int32, device=device),
+            # the primes as int32 bit patterns (two's complement of the uint32 values)
+            "primes": torch.tensor(
+                [p - (1 << 32) if p >= 1 << 31 else p for p in HASH_PRIMES[:D]],
+                dtype=torch.int32,
+                device=device,
+            ),
+        }
+
+    def kernel_meta(self, device: torch.device) -> Tuple[torch.Tensor, ...]:
+        """Per-level tables for kernels: scale [L] float32, offset, size, resolution, hashed [L] int32."""
+        if device not in self._kernel_meta:
+            lv = self.levels
+            i32 = dict(dtype=torch.int32, device=device)
+            with torch.inference_mode(False):
+                self._kernel_meta[device] = (
+                    torch.tensor([lvl.scale for lvl in lv], dtype=torch.float32, device=device),
+                    torch.tensor([lvl.offset for lvl in lv], **i32),
+                    torch.tensor([lvl.size for lvl in lv], **i32),
+                    torch.tensor([lvl.resolution for lvl in lv], **i32),
+                    torch.tensor([int(lvl.hashed) for lvl in lv], **i32),
+                )
+        return self._kernel_meta[device]
 
     def corners(self, x, n_groups, need_dw):
         C, D = x.shape
@@ -177,8 +210,9 @@ class HashGrid(Encoding):
         finest_resolution: Optional[float] = None
         init_std: float = 1e-4  # parameters start uniform in [-init_std, init_std] (as iNGP)
         interpolation: Literal["linear", "smoothstep"] = "linear"
-        # "auto": tiny-cuda-nn when it imports and CUDA is present, else PyTorch
-        backend: Literal["auto", "torch", "tcnn"] = "auto"
+        # per call: "auto" = tiny-cuda-nn, else Triton, for CUDA inputs when usable, else PyTorch;
+        # "torch" / "tcnn" / "triton" force one (the parameters are the same for all)
+        backend: Literal["auto", "torch", "tcnn", "triton"] = "auto"
 
     def __init__(self, cfg: "HashGrid.Config", n_input_dims: int = 3):
         super().__init__()
@@ -203,22 +237,48 @@ class HashGrid(Encoding):
         self.sampler = HashGridSampler(
             n_input_dims, self.levels, cfg.log2_hashmap_size, cfg.interpolation == "smoothstep"
         )
-        from models.encodings.tcnn import make_tcnn_encoding
+        self.table = nn.Parameter(torch.empty(n_entries, cfg.n_features_per_level))
+        nn.init.uniform_(self.table, -cfg.init_std, cfg.init_std)
+        self.backend_key = key_of(cfg, "backend", "hashgrid")
+        self._tcnn_kernels = KernelCache()
 
-        self.tcnn = make_tcnn_encoding(self, cfg.backend)
-        if self.tcnn is None:
-            self.table = nn.Parameter(torch.empty(n_entries, cfg.n_features_per_level))
-            nn.init.uniform_(self.table, -cfg.init_std, cfg.init_std)
+    # ------------------------------------------------------------------ kernel choice
+    def backend_for(self, x: torch.Tensor) -> str:
+        """The implementation this call takes for points x [N, D]: "torch", "tcnn" or "triton"."""
+        choice = backends.choose(self.cfg.backend, x.device, key=self.backend_key, kernels=KERNELS, veto=self._veto)
+        if choice == "triton":
+            from models.encodings.triton_hashgrid import kernels_work
 
-    @property
-    def uses_tcnn(self) -> bool:
-        return self.tcnn is not None
+            reason = kernels_work(x.device, self.n_features_per_level, self.sampler.smoothstep)
+            if reason is not None:  # found once, on the first call on this device
+                if self.cfg.backend == "triton":
+                    raise backends.BackendError(f"{self.backend_key}='triton' cannot be used: {reason}")
+                backends.disable("triton", reason)
+                return self.backend_for(x)
+        return choice
+
+    def _veto(self, name: str) -> Optional[str]:
+        """Why the kernel ``name`` cannot compute this grid (None if it can)."""
+        if name == "tcnn":
+            if self.n_input_dims not in (2, 3, 4):
+                return f"tiny-cuda-nn's hash grid takes 2- to 4-D points, not {self.n_input_dims}-D"
+            if self.n_features_per_level not in (1, 2, 4, 8):
+                return f"tiny-cuda-nn's hash grid takes 1, 2, 4 or 8 features per level, not {self.n_features_per_level}"
+            return None
+        from models.encodings.triton_hashgrid import supports  # triton is usable when asked
+
+        return supports(self.n_input_dims, self.n_features_per_level, self.table.dtype)
+
+    def has_explicit_jacobian(self, x: torch.Tensor) -> bool:
+        """False when this call runs on tiny-cuda-nn, which computes no jacobian."""
+        return self.backend_for(x) != "tcnn"
 
     def level_resolution(self, level: int) -> float:
         """The nominal resolution of a level, base_resolution * per_level_scale^level."""
         return self.cfg.base_resolution * self.per_level_scale**level
 
     def tcnn_config(self) -> dict:
+        """tiny-cuda-nn's encoding config of this grid (same layout as ``table``)."""
         return {
             "otype": "HashGrid",
             "n_levels": self.cfg.n_levels,
@@ -243,28 +303,52 @@ class HashGrid(Encoding):
         """x [N, D] in [0, 1]^D -> features [N, F]."""
         if x.shape[0] == 0:
             return on_empty_batch(self.forward, x)
-        if self.tcnn is not None:
-            from models.encodings.tcnn import tcnn_encode
-
-            return tcnn_encode(self.tcnn, x) * self._level_mask(x)
+        kernel = self.backend_for(x)
+        if kernel == "tcnn":
+            return self._tcnn_forward(x)
         n_active = self._n_active()
-        feats, _ = grid_gather(x, self.table, self.sampler, n_active)
+        if kernel == "triton":
+            from models.encodings.triton_hashgrid import hashgrid_gather
+
+            feats, _ = hashgrid_gather(x, self.table, self.sampler, n_active)
+        else:
+            feats, _ = grid_gather(x, self.table, self.sampler, n_active)
         return self._pad(feats.reshape(x.shape[0], -1), n_active)
 
     def forward_with_jacobian(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x [N, D] -> (features [N, F], d features / d x [N, F, D] (a permuted view))."""
+        """x [N, D] -> (features [N, F], d features / d x [N, F, D] (a permuted view)).
+
+        On a call that ``backend_for`` sends to tiny-cuda-nn (no jacobian there) this computes
+        with PyTorch, from the same table (geometries avoid that: see ``has_explicit_jacobian``).
+        """
         if x.shape[0] == 0:
             return on_empty_batch(self.forward_with_jacobian, x)
-        if self.tcnn is not None:
-            from models.encodings.tcnn import tcnn_no_jacobian
-
-            tcnn_no_jacobian(self)
         n_active = self._n_active()
         N, D = x.shape
-        feats, jac = grid_gather(x, self.table, self.sampler, n_active, with_jac=True)
+        if self.backend_for(x) == "triton":
+            from models.encodings.triton_hashgrid import hashgrid_gather
+
+            feats, jac = hashgrid_gather(x, self.table, self.sampler, n_active, with_jac=True)
+        else:
+            feats, jac = grid_gather(x, self.table, self.sampler, n_active, with_jac=True)
         feats = self._pad(feats.reshape(N, -1), n_active)
         jac = self._pad(jac.reshape(D, N, -1), n_active).permute(1, 2, 0)
         return feats, jac
+
+    def _tcnn_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, D] -> [N, F] by tiny-cuda-nn's HashGrid on ``table``; inactive levels zeroed."""
+        tcnn = backends.library("tcnn")
+        kernel = self._tcnn_kernels.get(
+            x.device, lambda: tcnn.Encoding(self.n_input_dims, self.tcnn_config(), dtype=torch.float32)
+        )
+        # tiny-cuda-nn does not clamp: clamp (and zero NaN) as the PyTorch path does, which also
+        # gives the same zero gradient outside [0, 1]
+        xc = torch.nan_to_num(x, nan=0.0).clamp(0.0, 1.0)
+        out = run_kernel(kernel, xc, self.table, self.n_output_dims)
+        n_active = self._n_active()
+        if n_active < self.n_levels:
+            out = out * self._level_mask(x)
+        return out
 
     def _level_mask(self, x: torch.Tensor) -> torch.Tensor:
         n_active = self._n_active()
@@ -278,7 +362,7 @@ class HashGrid(Encoding):
             f"{super().extra_repr()}, levels={self.n_levels} ({n_dense} dense), "
             f"features_per_level={self.n_features_per_level}, "
             f"resolutions={self.levels[0].resolution}..{self.levels[-1].resolution}, "
-            f"backend={'tcnn' if self.uses_tcnn else 'torch'}"
+            f"backend={self.cfg.backend}"
         )
 
 

@@ -1,4 +1,9 @@
-"""Fully connected network with optional weight normalization and SDF sphere initialization."""
+"""Fully connected network with optional weight normalization and SDF sphere initialization.
+
+PyTorch only, on every device: tiny-cuda-nn's fused MLP has another architecture (no biases, a
+padded input), so it is a network of its own (``tcnn-mlp``, models/networks/tcnn.py) chosen in the
+config, never swapped in for this one by what is installed.
+"""
 from __future__ import annotations
 
 import math
@@ -10,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.networks import register
+from utils.config import key_of
 
 Activation = Literal["relu", "softplus", "silu", "sigmoid", "tanh", "none"]
 
@@ -70,7 +76,8 @@ class MLP(nn.Module):
         inside_out: bool = False  # sphere init with the sign flipped (negative outside)
         weight_norm: bool = False
         bias: bool = True
-        # "auto": tiny-cuda-nn when it imports, CUDA is present and the options are supported
+        # one implementation (PyTorch); kept so older configs load. 'tcnn' is refused: the
+        # tiny-cuda-nn MLP is the network 'tcnn-mlp'
         backend: Literal["auto", "torch", "tcnn"] = "auto"
 
     def __init__(self, cfg: "MLP.Config", n_input_dims: int, n_output_dims: int):
@@ -82,17 +89,11 @@ class MLP(nn.Module):
             raise ValueError("mlp: n_hidden_layers must be >= 0 and n_neurons >= 1")
         if cfg.sphere_init and (cfg.n_hidden_layers < 1 or n_input_dims < 3):
             raise ValueError("mlp: sphere_init needs at least one hidden layer and 3 input dims (centred xyz first)")
-        from models.networks.tcnn import make_tcnn_network
-
-        self.tcnn = make_tcnn_network(self, cfg, n_input_dims, n_output_dims)
-        if self.tcnn is not None:
-            # tiny-cuda-nn layers have no biases: keep one output bias here
-            bias = torch.zeros(n_output_dims)
-            if cfg.sphere_init:
-                bias.fill_(cfg.sphere_init_radius if cfg.inside_out else -cfg.sphere_init_radius)
-            self.output_bias = nn.Parameter(bias) if cfg.bias else None
-            self.layers = nn.ModuleList()
-            return
+        if cfg.backend == "tcnn":
+            raise ValueError(
+                f"{key_of(cfg, 'backend', 'mlp')}='tcnn': the PyTorch MLP has no tiny-cuda-nn kernel (tiny-cuda-nn's "
+                "MLP has no biases); use the network 'tcnn-mlp' (name: tcnn-mlp) for it"
+            )
         dims = [n_input_dims] + [cfg.n_neurons] * cfg.n_hidden_layers + [n_output_dims]
         layers: List[nn.Linear] = []
         for i in range(len(dims) - 1):
@@ -103,10 +104,6 @@ class MLP(nn.Module):
                 layer = nn.utils.parametrizations.weight_norm(layer)
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
-
-    @property
-    def uses_tcnn(self) -> bool:
-        return self.tcnn is not None
 
     def _sphere_init(self, layer: nn.Linear, index: int, last: int) -> None:
         cfg = self.cfg
@@ -127,13 +124,6 @@ class MLP(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, I] -> [N, O]."""
         cfg = self.cfg
-        if self.tcnn is not None:
-            from models.networks.tcnn import tcnn_forward
-
-            out = tcnn_forward(self.tcnn, h, self.n_output_dims)
-            if self.output_bias is not None:
-                out = out + self.output_bias
-            return activate(cfg.output_activation, out, cfg.softplus_beta)
         n = len(self.layers)
         for i, layer in enumerate(self.layers):
             h = layer(h)
@@ -151,11 +141,6 @@ class MLP(nn.Module):
         graph: differentiable w.r.t. the parameters and h without ``create_graph``).
         """
         cfg = self.cfg
-        if self.tcnn is not None:
-            raise NotImplementedError(
-                "mlp with the tiny-cuda-nn backend has no explicit input gradient; use grad_type "
-                "'finite_difference' or 'autograd', or set backend: torch"
-            )
         beta = cfg.softplus_beta
         n = len(self.layers)
         cache = []
@@ -186,5 +171,5 @@ class MLP(nn.Module):
             f"n_input_dims={self.n_input_dims}, n_output_dims={self.n_output_dims}, "
             f"hidden={cfg.n_hidden_layers}x{cfg.n_neurons}, activation={cfg.activation}, "
             f"output_activation={cfg.output_activation}, sphere_init={cfg.sphere_init}, "
-            f"weight_norm={cfg.weight_norm}, backend={'tcnn' if self.uses_tcnn else 'torch'}"
+            f"weight_norm={cfg.weight_norm}"
         )

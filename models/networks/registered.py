@@ -1,2 +1,2 @@
 """Importing this module registers every network."""
-from models.networks import mlp, siren  # noqa: F401
+from models.networks import mlp, siren, tcnn  # noqa: F401

@@ -2,8 +2,10 @@
 
 Samples are packed (see docs/DEVELOPING.md): flat tensors [S] sorted by ray, with
 ``ray_indices [S]`` (int64) naming each sample's ray; a ray may have no samples. Every function is
-differentiable with respect to its float inputs and takes ``backend=`` ("auto" | "torch" |
-"nerfacc", see ``backend.py``).
+differentiable with respect to its float inputs. The transmittance, weight and accumulation
+functions take ``backend=`` (the config's ``model.backend``): "torch" (PyTorch, any device),
+"nerfacc" (nerfacc 0.5.x kernels, CUDA tensors only) or "auto" (nerfacc for CUDA tensors when it is
+usable, else PyTorch); see ``utils.backends``. The distortion loss has no nerfacc implementation.
 
 Precision: per-ray (segmented) prefix sums are computed as one global cumulative sum in float64
 followed by a subtraction of the value at the segment start, so the error stays ~1e-16 times the
@@ -13,13 +15,27 @@ the input dtype instead.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Literal, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .backend import BackendName, resolve_backend
+from utils import backends
+
+BackendName = Literal["auto", "torch", "nerfacc"]
+
+# the config key the rendering backend comes from, for messages
+BACKEND_KEY = "model.backend"
+
+
+def uses_nerfacc(backend: BackendName, device: Union[torch.device, str]) -> bool:
+    """Whether a rendering call with tensors on ``device`` goes to nerfacc (see ``utils.backends.choose``)."""
+    return backends.choose(backend, device, key=BACKEND_KEY, kernels=("nerfacc",)) == "nerfacc"
+
+
+def _nerfacc():
+    return backends.library("nerfacc")
 
 # Tests set this to "padded" or "float64" to exercise a scan strategy on any device.
 _FORCE_SCAN: Optional[str] = None
@@ -146,10 +162,8 @@ def render_transmittance_from_alpha(
     alphas [S] in [0, 1], ray_indices [S] int64 (sorted), n_rays -> trans [S].
     """
     _check_packed("alphas", alphas, ray_indices)
-    if resolve_backend(backend, alphas.device) == "nerfacc":
-        from nerfacc import render_transmittance_from_alpha as nf_trans
-
-        return nf_trans(alphas, ray_indices=ray_indices, n_rays=n_rays)
+    if uses_nerfacc(backend, alphas.device):
+        return _nerfacc().render_transmittance_from_alpha(alphas, ray_indices=ray_indices, n_rays=n_rays)
     return _TransmittanceFromAlpha.apply(alphas, _Segments(ray_indices, n_rays))
 
 
@@ -178,10 +192,8 @@ def render_weight_from_density(
     t_starts [S], t_ends [S], sigmas [S], ray_indices [S], n_rays -> weights [S], trans [S], alphas [S].
     """
     _check_packed("sigmas", sigmas, ray_indices)
-    if resolve_backend(backend, sigmas.device) == "nerfacc":
-        from nerfacc import render_weight_from_density as nf_weights
-
-        return nf_weights(t_starts, t_ends, sigmas, ray_indices=ray_indices, n_rays=n_rays)
+    if uses_nerfacc(backend, sigmas.device):
+        return _nerfacc().render_weight_from_density(t_starts, t_ends, sigmas, ray_indices=ray_indices, n_rays=n_rays)
     seg = _Segments(ray_indices, n_rays)
     tau = sigmas * (t_ends - t_starts)
     alphas = -torch.expm1(-tau)
@@ -205,10 +217,8 @@ def accumulate_along_rays(
     _check_packed("weights", weights, ray_indices)
     if values is not None and values.dim() == 1:
         raise ValueError("values must be [S, C]; use values[:, None] for one channel")
-    if resolve_backend(backend, weights.device) == "nerfacc":
-        from nerfacc import accumulate_along_rays as nf_accumulate
-
-        return nf_accumulate(weights, values, ray_indices=ray_indices, n_rays=n_rays)
+    if uses_nerfacc(backend, weights.device):
+        return _nerfacc().accumulate_along_rays(weights, values, ray_indices=ray_indices, n_rays=n_rays)
     src = weights[:, None] if values is None else weights[:, None] * values
     out = src.new_zeros((n_rays, src.shape[1]))
     return out.index_add(0, ray_indices, src)
@@ -220,8 +230,6 @@ def distortion_loss(
     t_ends: Tensor,
     ray_indices: Tensor,
     n_rays: int,
-    *,
-    backend: BackendName = "auto",
 ) -> Tensor:
     """Mip-NeRF 360 distortion loss per ray, in O(S).
 
@@ -230,12 +238,11 @@ def distortion_loss(
     sums W_i = sum_{j<i} w_j and M_i = sum_{j<i} w_j m_j as 2 sum_i w_i (m_i W_i - M_i).
 
     weights [S], t_starts [S], t_ends [S], ray_indices [S], n_rays -> loss [R].
+
+    PyTorch on every device: no released nerfacc with the 0.5 API has a distortion loss (only
+    0.3.x had ``nerfacc.losses``), and these few scans are cheap next to the field.
     """
     _check_packed("weights", weights, ray_indices)
-    if resolve_backend(backend, weights.device) == "nerfacc":
-        from nerfacc.losses import distortion as nf_distortion
-
-        return nf_distortion(weights, t_starts, t_ends, ray_indices, n_rays).reshape(n_rays)
     seg = _Segments(ray_indices, n_rays)
     w = _to_work(weights, seg)
     t0, t1 = _to_work(t_starts, seg), _to_work(t_ends, seg)

@@ -21,9 +21,10 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from utils import backends
+
 from .aabb import as_aabb, ray_aabb_intersect
-from .backend import BackendName, resolve_backend
-from .compositing import render_transmittance_from_alpha
+from .compositing import BackendName, render_transmittance_from_alpha, uses_nerfacc
 from .occupancy_grid import PYRAMID_FACTOR, OccupancyGrid
 
 AlphaFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -77,7 +78,7 @@ def ray_marching(
     lattice = _Lattice.for_rays(
         rays_o, rays_d, aabb, grid, near_plane, far_plane, render_step_size, cone_angle, stratified, generator
     )
-    if resolve_backend(backend, rays_o.device) == "nerfacc":
+    if uses_nerfacc(backend, rays_o.device):
         ray_indices, t_starts, t_ends = _march_nerfacc(rays_o, rays_d, grid, aabb, lattice)
     else:
         ray_indices, t_starts, t_ends = _march_torch(rays_o, rays_d, grid, lattice)
@@ -91,7 +92,7 @@ def ray_marching(
             alphas, evaluated = alpha_fn(t_starts, t_ends, ray_indices).reshape(-1), None
         keep = alphas >= alpha_thre
         if early_stop_eps > 0:
-            trans = render_transmittance_from_alpha(alphas, ray_indices, n_rays, backend="torch")
+            trans = render_transmittance_from_alpha(alphas, ray_indices, n_rays, backend=backend)
             keep = keep & (trans >= early_stop_eps)
         if evaluated is not None:
             keep = keep & evaluated
@@ -354,7 +355,7 @@ def _rank_in_ray(ray_indices: Tensor, n_rays: int) -> Tensor:
 # nerfacc backend
 # ------------------------------------------------------------------------------------------------
 def _march_nerfacc(rays_o: Tensor, rays_d: Tensor, grid: Optional[OccupancyGrid], aabb, lat: _Lattice):
-    from nerfacc.grid import traverse_grids
+    traverse_grids = backends.library("nerfacc").traverse_grids
 
     if grid is not None:
         binaries, aabbs = grid.binaries.to(rays_o.device), grid.aabbs.to(rays_o.device)

@@ -16,8 +16,7 @@ from typing import Callable, Optional, Tuple
 
 from torch import Tensor
 
-from .backend import BackendName
-from .compositing import accumulate_along_rays, render_weight_from_alpha, render_weight_from_density
+from .compositing import BackendName, accumulate_along_rays, render_weight_from_alpha, render_weight_from_density
 from .packed import PackedSamples
 
 

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from utils import backends
+
 __all__ = ["NonFiniteFieldError", "marching_cubes", "torchmcubes_available"]
 
 logger = logging.getLogger(__name__)
@@ -47,24 +49,15 @@ class NonFiniteFieldError(ValueError):
 # --------------------------------------------------------------------------------------------
 # backends
 # --------------------------------------------------------------------------------------------
-_TORCHMCUBES = None  # cached import: None = not tried, False = unavailable, else the function
-
-
 def _torchmcubes_fn():
-    global _TORCHMCUBES
-    if _TORCHMCUBES is None:
-        try:
-            from torchmcubes import marching_cubes as fn  # type: ignore[import-not-found]
-
-            _TORCHMCUBES = fn
-        except Exception:  # ImportError, or a broken build (undefined symbol, CUDA mismatch)
-            _TORCHMCUBES = False
-    return _TORCHMCUBES or None
+    """torchmcubes' ``marching_cubes`` (detected once by ``utils.backends``), or None."""
+    module = backends.library("torchmcubes")
+    return None if module is None else module.marching_cubes
 
 
 def torchmcubes_available() -> bool:
-    """Whether the optional ``torchmcubes`` package imports."""
-    return _torchmcubes_fn() is not None
+    """Whether the optional ``torchmcubes`` package imports and has ``marching_cubes``."""
+    return backends.available("torchmcubes")
 
 
 def _pymcubes_available() -> bool:
