@@ -28,6 +28,7 @@ from typing import Literal, Optional, Tuple
 import numpy as np
 
 from datasets.base import DatasetError
+from utils.config import checked, in_range, positive
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,9 @@ class NormalizationConfig:
     scale: Literal["cameras", "points", "none"] = "cameras"
     # (the object of interest ends inside a sphere of the model's radius, model.radius)
     # scale 'cameras': the cameras' median distance to the centre becomes camera_distance x radius
-    camera_distance: float = 2.5
+    camera_distance: float = checked(positive(), default=2.5)
     # scale 'points': this percentile of the sparse points' distances to the centre becomes radius
-    points_percentile: float = 90.0
+    points_percentile: float = checked(in_range(0, 100, lo_open=True), default=90.0)
 
 
 # --------------------------------------------------------------------------- estimates

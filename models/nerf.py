@@ -7,7 +7,7 @@ beyond it, composited behind (see models/background.py)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Iterator, Tuple
 
 import torch
 from torch import Tensor
@@ -26,6 +26,11 @@ class NeRFModel(BaseModel):
         geometry: Any = component("geometry", {"name": "volume-density"})
         texture: Any = component("texture", {"name": "volume-radiance"})
         grid: GridConfig = dataclasses.field(default_factory=lambda: GridConfig(occ_thre=0.01))
+
+        def check(self) -> Iterator[Tuple[str, str]]:
+            yield from super().check()
+            if self.geometry.name != "volume-density":
+                yield "geometry.name", f"NeRF needs a density geometry (volume-density), got '{self.geometry.name}'"
 
     def __init__(self, cfg: "NeRFModel.Config") -> None:
         super().__init__(cfg)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 from systems import register
-from systems.base import BaseSystem, CommonLossConfig, SystemConfig
+from systems.base import LOSS_WEIGHT, BaseSystem, CommonLossConfig, SystemConfig
 from systems.losses import Weight
+from utils.config import checked
 
 
 @dataclasses.dataclass
 class NeRFLossConfig(CommonLossConfig):
-    lambda_rgb_mse: Weight = 1.0
+    lambda_rgb_mse: Weight = checked(LOSS_WEIGHT, default=1.0)
 
 
 @register("nerf-system")
