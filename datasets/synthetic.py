@@ -248,6 +248,9 @@ class SyntheticScene(BlenderScene):
     def __init__(self, cfg: "SyntheticScene.Config", scene_radius: float = 1.0) -> None:
         root = Path(cfg.root_dir or f"load/synthetic/{cfg.resolution}px-seed{cfg.seed}")
         meta_path = root / "scene.json"
+        if root.is_file():
+            raise DatasetError(f"dataset.root_dir: '{root}' is a file, not a folder (a generated scene's folder, or "
+                               "one that does not exist yet)")
         if not root.exists():
             generate(root, cfg)
         elif not meta_path.is_file():
