@@ -31,6 +31,28 @@ from utils.saving import save_video
 log = logging.getLogger(__name__)
 
 
+# the smallest chunk (rays) render_image falls back to when rendering runs out of memory
+MIN_EVAL_CHUNK = 256
+
+
+def failure_reason(err: BaseException) -> str:
+    """An error in one line: its message as it is when written for users (ValueError, OSError),
+    else with its type (a bug's message alone rarely says enough)."""
+    text = (str(err).splitlines() or [""])[0].strip()
+    if text and isinstance(err, (ValueError, OSError)):
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def mesh_failure(err: BaseException) -> str:
+    """One line saying why a mesh could not be made or scored, with what to change when it is memory."""
+    from utils.memory import is_out_of_memory
+
+    if is_out_of_memory(err):
+        return "out of memory (lower export.resolution or export.chunk_size)"
+    return failure_reason(err)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunContext:
     """What a system needs to know about the run and the data, besides its config and model."""
@@ -222,7 +244,23 @@ class BaseSystem(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def render_image(self, batch: Dict[str, Any]) -> RenderOutput:
-        return self.model(batch["rays_o"], batch["rays_d"], batch["background"])
+        """The rays of one whole image rendered in chunks of model.eval_chunk_size rays; a chunk that
+        runs out of memory is tried again at half the size (with a warning), down to MIN_EVAL_CHUNK."""
+        from utils.memory import is_out_of_memory
+
+        model_cfg = self.model.cfg
+        while True:
+            try:
+                return self.model(batch["rays_o"], batch["rays_d"], batch["background"])
+            except (RuntimeError, MemoryError) as err:
+                if not is_out_of_memory(err) or model_cfg.eval_chunk_size <= MIN_EVAL_CHUNK:
+                    raise
+                smaller = max(MIN_EVAL_CHUNK, model_cfg.eval_chunk_size // 2)
+                log.warning("out of memory rendering a %sx%s image in chunks of %d rays (model.eval_chunk_size): "
+                            "trying %d", batch.get("width"), batch.get("height"), model_cfg.eval_chunk_size, smaller)
+                model_cfg.eval_chunk_size = smaller
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
     def _evaluate_image(self, batch: Dict[str, Any], grid_path: str, with_lpips: bool = False):
         """Render one whole image, save its grid (at ``grid_path`` under save/) -> (index, grid, metrics)."""
@@ -230,23 +268,41 @@ class BaseSystem(pl.LightningModule):
         out = self.render_image(batch)
         grid = image_grid(batch, out, h, w)
         self.recorder.add_image(self.context.save_dir, grid_path.format(index=index), grid)
-        metrics = image_metrics(batch, out, h, w, with_lpips=with_lpips)
+        metrics = image_metrics(batch, out, h, w, with_lpips=with_lpips, on_skip=self.recorder.skip)
         self.recorder.add_row(index, metrics)
         return index, grid, out
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        index, grid, _ = self._evaluate_image(batch, f"val/step{self.global_step:07d}/{{index:03d}}.png")
+        try:
+            index, grid, _ = self._evaluate_image(batch, f"val/step{self.global_step:07d}/{{index:03d}}.png")
+        except Exception as err:  # noqa: BLE001
+            # while training, an image that cannot be validated is skipped (said once per pass):
+            # the run goes on; a full disk (OSError) or a --validate run still stop
+            if isinstance(err, OSError) or self.trainer.state.fn != "fit":
+                raise
+            self.recorder.skip("rendering", failure_reason(err))
+            return
         if batch_idx < self.cfg.log_val_images and self.logger is not None and hasattr(self.logger, "experiment"):
             self.logger.experiment.add_image(f"val/{index:03d}", grid.permute(2, 0, 1).clamp(0, 1), self.global_step)
 
     def on_validation_epoch_end(self) -> None:
         self.recorder.write_images(self.context.save_dir)
         rows = self.recorder.gathered_rows()
+        skipped = self.skipped_metrics("validation")
         self.log_means(rows, "val")
-        if rows and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+        if (rows or skipped) and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             write_image_metrics(self.context.save_dir / f"val/step{self.global_step:07d}/metrics",
-                                summarize_image_metrics(rows))
+                                summarize_image_metrics(rows), skipped)
         self.recorder.reset()
+
+    def skipped_metrics(self, split: str) -> Dict[str, str]:
+        """{metric: "skipped: <reason>"} for the metrics this pass could not compute, each said once
+        in the log (the metrics files record them the same way)."""
+        skipped = self.recorder.gathered_skips()
+        if self.trainer.is_global_zero:
+            for metric, reason in skipped.items():
+                log.warning("%s: skipped for the %s images at step %d: %s", metric, split, self.global_step, reason)
+        return {metric: f"skipped: {reason}" for metric, reason in skipped.items()}
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         index, grid, _ = self._evaluate_image(batch, "test/{index:03d}.png", with_lpips=self.cfg.eval_lpips)
@@ -259,7 +315,7 @@ class BaseSystem(pl.LightningModule):
         self.recorder.write_images(self.context.save_dir)
         frames = self.recorder.gathered_frames()
         rows = self.recorder.gathered_rows()
-        extra: Dict[str, Any] = {}
+        extra: Dict[str, Any] = dict(self.skipped_metrics("test"))
         if rows:
             self.log_means(rows, "test")
             if self.cfg.eval_lpips:
@@ -272,9 +328,7 @@ class BaseSystem(pl.LightningModule):
         if self.trainer.is_global_zero:
             self._write_video(frames, "test")
             if self.cfg.export_mesh_at_test:
-                geometry = self._export_and_score(f"step{self.global_step:07d}")
-                if geometry:
-                    extra["geometry"] = geometry
+                extra.update(self._export_and_score(f"step{self.global_step:07d}"))
             json_path, csv_path = write_image_metrics(
                 self.context.save_dir / f"test_metrics_step{self.global_step:07d}", summarize_image_metrics(rows), extra)
             log.info("test metrics: %s%s", json_path, f" and {csv_path.name}" if csv_path else "")
@@ -315,19 +369,32 @@ class BaseSystem(pl.LightningModule):
         if self.cfg.save_gif:
             save_video(path.with_suffix(".gif"), frames, self.cfg.video_fps)
 
-    def _export_and_score(self, tag: str) -> Optional[Dict[str, Any]]:
-        """Export the mesh; score it against the scene's ground-truth surface when there is one."""
+    def _export_and_score(self, tag: str) -> Dict[str, Any]:
+        """Export the mesh; score it against the scene's ground-truth surface when there is one ->
+        entries for the test metrics: {"geometry": scores}, or "mesh" / "geometry": "skipped: <reason>"
+        when the mesh cannot be extracted or written, or not scored (the other test outputs are
+        written all the same)."""
         ctx = self.context
-        paths = export_mesh(self.model, ctx.export, ctx.scene_to_world, ctx.save_dir, tag)
+        try:
+            paths = export_mesh(self.model, ctx.export, ctx.scene_to_world, ctx.save_dir, tag)
+        except Exception as err:  # noqa: BLE001 (an empty surface, too little memory, a full disk...)
+            reason = mesh_failure(err)
+            log.error("mesh export failed: %s; the other test outputs are written", reason)
+            return {"mesh": f"skipped: {reason}"}
         if not ctx.gt_mesh_path or not paths or not ctx.export.world_coordinates:
-            return None
-        scores = score_mesh(paths[0], ctx.gt_mesh_path, self.cfg.eval_mesh_points, self.cfg.eval_mesh_threshold,
-                            self.cfg.eval_mesh_region)
+            return {}
+        try:
+            scores = score_mesh(paths[0], ctx.gt_mesh_path, self.cfg.eval_mesh_points, self.cfg.eval_mesh_threshold,
+                                self.cfg.eval_mesh_region)
+        except Exception as err:  # noqa: BLE001 (e.g. an unreadable ground truth, or no points in the region)
+            reason = mesh_failure(err)
+            log.error("mesh scoring failed: %s", reason)
+            return {"geometry": f"skipped: {reason}"}
         if self.logger is not None and hasattr(self.logger, "experiment"):
             for key, value in scores.items():
                 if isinstance(value, float) and key != "threshold":
                     self.logger.experiment.add_scalar(f"test/mesh_{key}", value, self.global_step)
-        return scores
+        return {"geometry": scores}
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):
