@@ -36,11 +36,16 @@ def files(tmp_path_factory, tiny_scene_dir):
 
     root = tmp_path_factory.mktemp("bad_files")
     _, cfg = load_experiment("configs/neus-synthetic.yaml", [*synthetic(tiny_scene_dir), *QUICK])
-    state = build_system(cfg, RunContext(save_dir=root, scene_to_world=torch.eye(4))).state_dict()
+    system = build_system(cfg, RunContext(save_dir=root, scene_to_world=torch.eye(4)))
+    state = system.state_dict()
     torch.save({"state_dict": state, "global_step": 2}, root / "weights_only.ckpt")
     torch.save({"state_dict": state, "global_step": 2, "loops": {}, "lr_schedulers": [{}],
                 "optimizer_states": [{"state": {}, "param_groups": [{"params": [0, 1]}]}]}, root / "other_optimizer.ckpt")
     torch.save({"state_dict": {"model.other.weight": torch.zeros(3)}, "global_step": 5}, root / "foreign.ckpt")
+    poisoned = dict(state)
+    key = next(name for name, _ in system.named_parameters())
+    poisoned[key] = torch.full_like(state[key], float("nan"))
+    torch.save({"state_dict": poisoned, "global_step": 2}, root / "nan_weights.ckpt")
     torch.save([1, 2, 3], root / "not_lightning.ckpt")
     whole = (root / "weights_only.ckpt").read_bytes()
     (root / "truncated.ckpt").write_bytes(whole[: len(whole) // 2])
@@ -205,6 +210,8 @@ DATA = [  # (id, whole argument list, culprit)
      "--resume-weights-only only applies to --train"),
     ("test-with-other-model", ["--config", "configs/neus-synthetic.yaml", "--test", "--resume", "{files}/foreign.ckpt",
                                *synthetic("{scene}"), *QUICK], "does not fit this model"),
+    ("test-with-nan-weights", ["--config", "configs/neus-synthetic.yaml", "--test", "--resume", "{files}/nan_weights.ckpt",
+                               *synthetic("{scene}"), *QUICK], "holds NaN/inf weights"),
     ("export-truncated", ["--config", "configs/neus-synthetic.yaml", "--export", "--resume", "{files}/truncated.ckpt",
                           *synthetic("{scene}")], "is truncated or damaged"),
 ]

@@ -70,7 +70,7 @@ def read_checkpoint(path: str | Path) -> Dict[str, Any]:
 
 def check_checkpoint(module: torch.nn.Module, path: str | Path, ckpt: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The checkpoint at ``path`` (or ``ckpt``, already read from it) if its weights fit ``module``
-    exactly (same keys and shapes), else a CheckpointError saying what differs."""
+    exactly (same keys and shapes) and are finite, else a CheckpointError saying what is wrong."""
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
     state = ckpt["state_dict"]
     own = module.state_dict()
@@ -78,10 +78,10 @@ def check_checkpoint(module: torch.nn.Module, path: str | Path, ckpt: Optional[D
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in set(own) & set(state)
                         if not isinstance(state[k], torch.Tensor) or own[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        def show(keys):
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+    def show(keys):
+        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
+    if missing or unexpected or mismatched:
         def shape(v):
             return tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
 
@@ -95,6 +95,10 @@ def check_checkpoint(module: torch.nn.Module, path: str | Path, ckpt: Optional[D
         raise CheckpointError(
             f"checkpoint '{path}' does not fit this model (was it made with another config?): " + "; ".join(parts)
         )
+    params = {name for name, _ in module.named_parameters()}
+    broken = sorted(k for k in params & set(state) if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all()))
+    if broken:
+        raise CheckpointError(f"checkpoint '{path}' holds NaN/inf weights ({show(broken)}): use an earlier checkpoint")
     return ckpt
 
 
