@@ -58,7 +58,7 @@ def cli_overrides(args: argparse.Namespace) -> List[str]:
     if args.seed is not None:
         out.append(f"seed={args.seed}")
     if args.gpu is not None:
-        ids = [int(i) for i in str(args.gpu).split(",") if i.strip() != ""]
+        ids = [int(i) for i in str(args.gpu).split(",") if i.strip() != ""]  # (checked by main)
         out += ["trainer.accelerator=gpu", f"trainer.devices={ids}"]
     if args.accelerator is not None:
         out.append(f"trainer.accelerator={args.accelerator}")
@@ -82,6 +82,8 @@ def main(argv: Optional[Sequence[str]] = None, extra_callbacks: Sequence = ()) -
     unknown_flags = [e for e in extras if e.startswith("--")]
     if unknown_flags:
         parser.error(f"unknown option(s) {unknown_flags}; config overrides are written key=value")
+    if args.gpu is not None and not all(i.strip().isdigit() for i in str(args.gpu).split(",") if i.strip()):
+        parser.error(f"argument --gpu: expected GPU indices such as 0 or 0,1, got '{args.gpu}'")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

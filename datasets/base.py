@@ -177,6 +177,8 @@ def check_poses(c2w: Tensor, source: str) -> Tensor:
 def require_folder(root: str | Path, layout: str) -> Path:
     """The dataset root, or a clear error saying which layout was expected there."""
     root = Path(root)
+    if root.is_file():
+        raise DatasetError(f"dataset.root_dir: '{root}' is a file, not a folder (expected {layout})")
     if not root.is_dir():
         raise DatasetError(f"dataset folder '{root}' does not exist (expected {layout})")
     return root
@@ -198,8 +200,8 @@ def read_image(path: Path) -> np.ndarray:
         raise DatasetError(f"image file '{path}' does not exist")
     try:
         img = np.asarray(iio.imread(path))
-    except Exception as err:
-        raise DatasetError(f"cannot read image '{path}': {err}") from err
+    except Exception as err:  # noqa: BLE001 (each reader has its own exceptions)
+        raise DatasetError(f"cannot read image '{path}': {image_error_reason(path, err)}") from err
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim != 3:
@@ -219,6 +221,21 @@ def image_size(path: Path) -> Tuple[int, int]:
             return int(img.size[0]), int(img.size[1])
     except Exception as err:
         raise DatasetError(f"cannot read image '{path}': {err}") from err
+
+
+def image_error_reason(path: Path, err: BaseException) -> str:
+    """Why an image reader refused ``path``, in one line (imageio ends its "no backend" error
+    with install hints for plugins that would not help with a damaged file)."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty (0 bytes)"
+    except OSError as stat_err:
+        return stat_err.strerror or str(stat_err)
+    text = str(err)
+    if "Could not find a backend" in text:
+        return "not an image in a format this toolkit reads (damaged, or not an image at all)"
+    first = (text.splitlines() or [""])[0].strip() or type(err).__name__
+    return f"{first} (damaged or cut short?)"
 
 
 def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from datasets.base import (
     warn_small_images,
 )
 from datasets.cameras import opengl_to_opencv, orbit_poses, scale_intrinsics
+from utils.config import at_least, checked, each, in_range, length, positive
 
 LAYOUT = "the NeRF-synthetic layout: transforms_{train,val,test}.json beside the image folders"
 
@@ -49,16 +50,24 @@ class RayDataConfig:
     # draw each training batch from one random image instead of from all images
     batch_image_sampling: bool = False
     # DataLoader workers for val/test/predict images (training rays are drawn in-process)
-    num_workers: int = 0
+    num_workers: int = checked(at_least(0), default=0)
     # background colour composited behind the foreground where alpha < 1
     train_background: Literal["white", "black", "random"] = "white"
     eval_background: Literal["white", "black"] = "white"
     # cameras rendered by --predict: an orbit around the scene centre
-    n_predict_views: int = 60
-    predict_elevation_deg: Optional[float] = None  # None: the training cameras' mean elevation
+    n_predict_views: int = checked(at_least(1), default=60)
+    # None: the training cameras' mean elevation
+    predict_elevation_deg: Optional[float] = checked(in_range(-90, 90), default=None)
     # at most this many images per split (None: all); handy for quick runs
-    max_images_val: Optional[int] = None
-    max_images_test: Optional[int] = None
+    max_images_val: Optional[int] = checked(at_least(1), default=None)
+    max_images_test: Optional[int] = checked(at_least(1), default=None)
+
+
+def image_size_problems(cfg: Any) -> Iterator[Tuple[str, str]]:
+    """dataset.img_wh and dataset.img_downscale choose the same thing: at most one may be set."""
+    if cfg.img_wh is not None and cfg.img_downscale is not None:
+        yield "img_downscale", ("set either dataset.img_wh or dataset.img_downscale, not both (set the other to null, "
+                                "e.g. dataset.img_wh=null; the preset may set one)")
 
 
 @register("blender")
@@ -66,10 +75,13 @@ class BlenderScene(Scene):
     @dataclasses.dataclass
     class Config(RayDataConfig):
         root_dir: str = "???"
-        img_wh: Optional[List[int]] = None  # [width, height] to load at
-        img_downscale: Optional[float] = None  # or a divisor of the stored size
+        img_wh: Optional[List[int]] = checked(length(2), each(at_least(1)), default=None)  # [width, height] to load at
+        img_downscale: Optional[float] = checked(positive(), default=None)  # or a divisor of the stored size
         val_split: Literal["train", "val", "test"] = "val"
         test_split: Literal["train", "val", "test"] = "test"
+
+        def check(self) -> Iterator[Tuple[str, str]]:
+            yield from image_size_problems(self)
 
     def __init__(self, cfg: "BlenderScene.Config", scene_radius: float = 1.0) -> None:
         super().__init__(cfg, scene_radius)

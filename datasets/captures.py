@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from datasets.base import (
     target_size,
     warn_small_images,
 )
-from datasets.blender import RayDataConfig
+from datasets.blender import RayDataConfig, image_size_problems
 from datasets.cameras import orbit_poses, scale_intrinsics
 from datasets.normalization import (
     camera_up,
@@ -44,6 +44,7 @@ from datasets.normalization import (
     transform_poses,
 )
 from datasets.undistort import LensCamera
+from utils.config import at_least, checked, each, length, positive, rule
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,17 @@ class CaptureConfig(RayDataConfig):
     """Options every capture loader shares (besides RayDataConfig's)."""
 
     root_dir: str = "???"
-    img_wh: Optional[List[int]] = None  # [width, height] to load at
-    img_downscale: Optional[float] = None  # or a divisor of the stored size
+    img_wh: Optional[List[int]] = checked(length(2), each(at_least(1)), default=None)  # [width, height] to load at
+    img_downscale: Optional[float] = checked(positive(), default=None)  # or a divisor of the stored size
     # 0: train on every view, validate/test on views spread over them; N: hold out every N-th view
-    holdout_every: int = 0
+    holdout_every: int = checked(rule(lambda v: v == 0 or v >= 2, "must be 0 (none) or >= 2 (1 leaves no view to train on)"),
+                                 default=0)
     use_masks: bool = True  # read the layout's masks when it has them
-    max_images_val: Optional[int] = 4
-    max_images_test: Optional[int] = None
+    max_images_val: Optional[int] = checked(at_least(1), default=4)
+    max_images_test: Optional[int] = checked(at_least(1), default=None)
+
+    def check(self) -> Iterator[Tuple[str, str]]:
+        yield from image_size_problems(self)
 
 
 @dataclasses.dataclass

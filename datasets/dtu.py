@@ -26,6 +26,7 @@ from datasets.base import DatasetError, image_size
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView
 from datasets.normalization import invert_similarity, transform_poses
 from datasets.undistort import LensCamera
+from utils.config import checked, non_negative
 from utils.mesh import check_similarity
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class DTUScene(CaptureScene):
         cameras_file: Optional[str] = None
         image_dir: str = "image"
         mask_dir: str = "mask"
-        max_skew: float = 0.01  # refuse intrinsics whose skew exceeds this fraction of fx (it is dropped)
+        # refuse intrinsics whose skew exceeds this fraction of fx (it is dropped)
+        max_skew: float = checked(non_negative(), default=0.01)
 
     layout = LAYOUT
 

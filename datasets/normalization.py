@@ -38,6 +38,7 @@ from typing import Literal, Optional, Tuple
 import numpy as np
 
 from datasets.base import DatasetError
+from utils.config import checked, in_range, non_negative, positive
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,15 @@ class NormalizationConfig:
     scale: Literal["cameras", "points", "object", "none"] = "cameras"
     # (the object of interest ends inside a sphere of the model's radius, model.radius)
     # scale 'cameras': the cameras' median distance to the centre becomes camera_distance x radius
-    camera_distance: float = 2.5
+    camera_distance: float = checked(positive(), default=2.5)
     # scale 'points': this percentile of the sparse points' distances to the centre becomes radius
-    points_percentile: float = 90.0
+    points_percentile: float = checked(in_range(0, 100, lo_open=True), default=90.0)
     # center/scale 'object': the box of the points in at least this fraction of the cameras' views,
     # between their (100 - object_percentile) and object_percentile percentiles per axis, widened
     # by object_margin (a fraction of its half-size) on every side, fills the model's box
-    object_min_view_fraction: float = 0.5
-    object_percentile: float = 97.5
-    object_margin: float = 0.15
+    object_min_view_fraction: float = checked(in_range(0, 1), default=0.5)
+    object_percentile: float = checked(in_range(50, 100, lo_open=True), default=97.5)
+    object_margin: float = checked(non_negative(), default=0.15)
 
 
 # --------------------------------------------------------------------------- estimates

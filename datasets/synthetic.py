@@ -29,6 +29,7 @@ from datasets import register
 from datasets.base import DatasetError
 from datasets.blender import BlenderScene
 from datasets.cameras import camera_rays, look_at, orbit_poses, pixel_directions
+from utils.config import at_least, checked, in_range, positive
 
 GENERATOR_VERSION = 1
 LIGHT_DIR = (0.45, -0.35, 0.82)
@@ -233,19 +234,23 @@ class SyntheticScene(BlenderScene):
     class Config(BlenderScene.Config):
         # None: load/synthetic/<size>px-seed<seed> under the working directory
         root_dir: Optional[str] = None  # type: ignore[assignment]
-        seed: int = 0
-        resolution: int = 128
-        n_train: int = 100
-        n_val: int = 4
-        n_test: int = 30
-        fov_deg: float = 40.0
-        camera_distance: float = 2.7
-        supersample: int = 2
-        gt_mesh_resolution: int = 256  # marching-cubes grid of the ground-truth surface
+        seed: int = checked(in_range(0, 2**32 - 1), default=0)
+        resolution: int = checked(at_least(1), default=128)  # image width and height
+        n_train: int = checked(at_least(1), default=100)
+        n_val: int = checked(at_least(1), default=4)
+        n_test: int = checked(at_least(1), default=30)
+        fov_deg: float = checked(in_range(0, 180, lo_open=True, hi_open=True), default=40.0)
+        camera_distance: float = checked(positive(), default=2.7)
+        supersample: int = checked(at_least(1), default=2)
+        # marching-cubes grid of the ground-truth surface
+        gt_mesh_resolution: int = checked(at_least(2), default=256)
 
     def __init__(self, cfg: "SyntheticScene.Config", scene_radius: float = 1.0) -> None:
         root = Path(cfg.root_dir or f"load/synthetic/{cfg.resolution}px-seed{cfg.seed}")
         meta_path = root / "scene.json"
+        if root.is_file():
+            raise DatasetError(f"dataset.root_dir: '{root}' is a file, not a folder (a generated scene's folder, or "
+                               "one that does not exist yet)")
         if not root.exists():
             generate(root, cfg)
         elif not meta_path.is_file():

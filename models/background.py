@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from models import backgrounds, geometries, textures
 from models.outputs import BackgroundOutput, PackedSamples, count
 from models.rendering import FieldValues, contract, render_packed, sample_background
-from utils.config import component
+from utils.config import at_least, checked, component, positive
 
 # the field's unit-cube inputs are the contracted coordinates: a geometry box of radius 1 maps
 # [-1, 1]^3 onto [0, 1]^3 (see field_points)
@@ -34,8 +34,9 @@ _FIELD_RADIUS = 1.0
 class NeRFBackground(nn.Module):
     @dataclasses.dataclass
     class Config:
-        n_samples: int = 32  # intervals per ray, uniform in disparity from the box exit to far_plane
-        far_plane: float = 1000.0  # ray distance (scene units) where the background ends
+        # intervals per ray, uniform in disparity from the box exit to far_plane
+        n_samples: int = checked(at_least(1), default=32)
+        far_plane: float = checked(positive(), default=1000.0)  # ray distance (scene units) where the background ends
         contraction: Literal["un_bounded_sphere"] = "un_bounded_sphere"
         # the field, over contracted coordinates
         geometry: Any = component(

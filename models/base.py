@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Dict, Literal, Optional
+from typing import Any, Callable, Dict, Iterator, Literal, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ from models import backgrounds, geometries, textures
 from models.outputs import PackedSamples, RenderOutput, count
 from models.rendering import OccupancyGrid, chunked, ray_marching
 from models.rendering.volume import Accumulated, FieldValues, render_packed
-from utils.config import component
+from utils.config import at_least, checked, component, fraction, in_range, non_negative, positive
 
 
 @dataclasses.dataclass
@@ -32,42 +32,49 @@ class GridConfig:
     """The occupancy grid that lets rays skip empty space (model.grid)."""
 
     enabled: bool = True
-    resolution: int = 128  # cells per axis over the scene box
-    update_every: int = 16  # steps between updates
-    warmup_steps: int = 256  # every cell is evaluated at each update before this step
-    occ_thre: float = 0.001  # opacity above which a cell is occupied
-    ema_decay: float = 0.95
+    resolution: int = checked(at_least(1), default=128)  # cells per axis over the scene box
+    update_every: int = checked(at_least(1), default=16)  # steps between updates
+    warmup_steps: int = checked(at_least(0), default=256)  # every cell is evaluated at each update before this step
+    occ_thre: float = checked(fraction(), default=0.001)  # opacity above which a cell is occupied
+    ema_decay: float = checked(fraction(), default=0.95)
     # carve the grid with the training masks' visual hull before training (when the data has masks)
     init_from_masks: bool = False
     # ... and keep the whole hull occupied for this many steps, so the surface can form anywhere
     # in it before the grid follows the field (which, in NeuS's shell mode, keeps only a thin shell)
-    hull_hold_steps: int = 256
+    hull_hold_steps: int = checked(at_least(0), default=256)
 
 
 @dataclasses.dataclass
 class ModelConfig:
     """Options every model has (the scene box, sampling, the grid, the parts)."""
 
-    radius: float = 1.0  # the scene box is [-radius, radius]^3; the geometry and the data use it too
-    num_samples_per_ray: int = 1024  # sets render_step_size = box diagonal / num_samples_per_ray
-    max_samples_per_ray: Optional[int] = None
-    cone_angle: float = 0.0  # > 0: steps grow with distance (for large scenes)
+    # the scene box is [-radius, radius]^3; the geometry and the data use it too
+    radius: float = checked(positive(), default=1.0)
+    # sets render_step_size = box diagonal / num_samples_per_ray
+    num_samples_per_ray: int = checked(at_least(1), default=1024)
+    max_samples_per_ray: Optional[int] = checked(at_least(1), default=None)
+    cone_angle: float = checked(non_negative(), default=0.0)  # > 0: steps grow with distance (for large scenes)
     # after marching, an opacity estimate of every sample (one field evaluation without gradients)
     # drops the samples below alpha_thre and those behind which the ray is already opaque
     # (transmittance below early_stop_eps); 0 turns each off
-    alpha_thre: float = 0.0
-    early_stop_eps: float = 0.0
+    alpha_thre: float = checked(in_range(0, 1, hi_open=True), default=0.0)
+    early_stop_eps: float = checked(in_range(0, 1, hi_open=True), default=0.0)
     # > 0: estimate opacities front to back, this many samples per ray at a time, and stop on rays
     # already opaque, so samples behind a surface cost nothing (0: all samples in one go)
-    early_stop_chunk: int = 0
-    near_plane: float = 0.0
-    far_plane: float = 1e10
+    early_stop_chunk: int = checked(non_negative(), default=0)
+    near_plane: float = checked(non_negative(), default=0.0)
+    far_plane: float = checked(positive(), default=1e10)
     grid: GridConfig = dataclasses.field(default_factory=GridConfig)
-    eval_chunk_size: int = 8192  # rays per chunk when rendering whole images
+    # rays per chunk when rendering whole images (checked against the device's memory before a run)
+    eval_chunk_size: int = checked(at_least(1), default=8192)
     backend: Literal["auto", "torch", "nerfacc"] = "auto"
     # a learned background beyond the scene box, for unbounded scenes (e.g. {name: nerf-background});
     # null: the background colour of the batch shows wherever the foreground is transparent
     background: Any = component("background", None, help="learned background model (null: none)")
+
+    def check(self) -> Iterator[Tuple[str, str]]:
+        if self.far_plane <= self.near_plane:
+            yield "far_plane", f"must be > near_plane ({self.near_plane}), got {self.far_plane}"
 
 
 class BaseModel(nn.Module):

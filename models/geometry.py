@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Dict, Literal, Tuple, Union
+from typing import Any, Dict, Iterator, Literal, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,11 @@ from models import geometries
 from models.encodings import encodings
 from models.networks import networks
 from utils import backends
-from utils.config import component, key_of
+from utils.config import at_least, checked, component, key_of, rule
+
+
+# a finite-difference step: > 0 scene units, or 'progressive'
+FD_EPS = rule(lambda v: v == "progressive" or (not isinstance(v, str) and v > 0), "must be > 0 or 'progressive'")
 
 
 class BaseGeometry(nn.Module):
@@ -57,7 +61,7 @@ class BaseGeometry(nn.Module):
 class VolumeSDF(BaseGeometry):
     @dataclasses.dataclass
     class Config:
-        feature_dim: int = 13  # features handed to the texture, besides the SDF
+        feature_dim: int = checked(at_least(0), default=13)  # features handed to the texture, besides the SDF
         xyz_encoding: Any = component(
             "encoding", {"name": "with-xyz", "inner": {"name": "hashgrid"}}, help="position encoding"
         )
@@ -67,7 +71,13 @@ class VolumeSDF(BaseGeometry):
         )
         grad_type: Literal["analytic", "autograd", "finite_difference"] = "analytic"
         # finite-difference step in scene units, or 'progressive' to follow the finest active hash-grid level
-        finite_difference_eps: Union[float, Literal["progressive"]] = 1e-3
+        finite_difference_eps: Union[float, Literal["progressive"]] = checked(FD_EPS, default=1e-3)
+
+        def check(self) -> Iterator[Tuple[str, str]]:
+            enc = self.xyz_encoding
+            inner = getattr(enc, "inner", None) if enc.name == "with-xyz" else enc
+            if self.finite_difference_eps == "progressive" and getattr(inner, "name", None) != "progressive-hashgrid":
+                yield "finite_difference_eps", "'progressive' needs a progressive hash grid encoding (progressive-hashgrid)"
 
     def __init__(self, cfg: "VolumeSDF.Config", radius: float = 1.0) -> None:
         super().__init__(cfg, radius, 1 + cfg.feature_dim)
@@ -155,7 +165,7 @@ class VolumeSDF(BaseGeometry):
 class VolumeDensity(BaseGeometry):
     @dataclasses.dataclass
     class Config:
-        feature_dim: int = 15
+        feature_dim: int = checked(at_least(0), default=15)
         xyz_encoding: Any = component("encoding", {"name": "hashgrid"})
         mlp_network: Any = component("network", {"name": "mlp", "n_neurons": 64, "n_hidden_layers": 1})
         density_activation: Literal["trunc_exp", "exp", "softplus", "relu"] = "trunc_exp"

@@ -7,7 +7,7 @@ beyond it, composited behind (see models/background.py)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -16,7 +16,13 @@ from models import register
 from models.base import BaseModel, GridConfig, ModelConfig
 from models.outputs import PackedSamples
 from models.rendering import FieldValues
-from utils.config import component
+from utils.config import checked, component, fraction
+
+
+@dataclasses.dataclass
+class NeRFGridConfig(GridConfig):
+    # a density field's cells count as occupied above a larger opacity than NeuS's
+    occ_thre: float = checked(fraction(), default=0.01)
 
 
 @register("nerf")
@@ -25,7 +31,12 @@ class NeRFModel(BaseModel):
     class Config(ModelConfig):
         geometry: Any = component("geometry", {"name": "volume-density"})
         texture: Any = component("texture", {"name": "volume-radiance"})
-        grid: GridConfig = dataclasses.field(default_factory=lambda: GridConfig(occ_thre=0.01))
+        grid: NeRFGridConfig = dataclasses.field(default_factory=NeRFGridConfig)
+
+        def check(self) -> Iterator[Tuple[str, str]]:
+            yield from super().check()
+            if self.geometry.name != "volume-density":
+                yield "geometry.name", f"NeRF needs a density geometry (volume-density), got '{self.geometry.name}'"
 
     def __init__(self, cfg: "NeRFModel.Config") -> None:
         super().__init__(cfg)

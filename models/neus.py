@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, Iterator, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from models.base import BaseModel, GridConfig, ModelConfig
 from models.outputs import PackedSamples, RenderOutput
 from models.rendering import FieldValues
 from models.variance import VarianceConfig, VarianceNetwork
-from utils.config import component
+from utils.config import at_least, checked, component
 
 
 def neus_alpha(sdf: Tensor, grad: Tensor, dirs: Tensor, dists: Tensor, inv_s: Tensor, cos_anneal_ratio: float) -> Tensor:
@@ -80,8 +80,14 @@ class NeuSModel(BaseModel):
         texture: Any = component("texture", {"name": "volume-radiance"})
         variance: VarianceConfig = dataclasses.field(default_factory=VarianceConfig)
         grid: NeuSGridConfig = dataclasses.field(default_factory=NeuSGridConfig)
-        cos_anneal_end: int = 20000  # steps over which the cosine annealing ratio goes 0 -> 1
+        # steps over which the cosine annealing ratio goes 0 -> 1 (0: none)
+        cos_anneal_end: int = checked(at_least(0), default=20000)
         compute_laplace: bool = False  # needed by the curvature loss
+
+        def check(self) -> Iterator[Tuple[str, str]]:
+            yield from super().check()
+            if self.geometry.name != "volume-sdf":
+                yield "geometry.name", f"NeuS needs an SDF geometry (volume-sdf), got '{self.geometry.name}'"
 
     def __init__(self, cfg: "NeuSModel.Config") -> None:
         super().__init__(cfg)

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from utils.config import at_least, checked, non_negative, positive, schedule
 from utils.schedules import Weight as Schedule, check_weight, weight_at
 
 
@@ -16,14 +17,14 @@ class VarianceConfig:
     init_val: float = 0.3  # inv_s starts at exp(10 * init_val)
     # optionally cap inv_s, raising the cap from exp(10 * init_val) to max_inv_s over training
     modulate: bool = False
-    mod_start_steps: int = 0
-    reach_max_steps: int = 10000
-    max_inv_s: float = 4096.0
+    mod_start_steps: int = checked(at_least(0), default=0)
+    reach_max_steps: int = checked(at_least(0), default=10000)
+    max_inv_s: float = checked(positive(), default=4096.0)
     # a floor under inv_s: a number or a [[step, value], ...] schedule (0: none). NeuS's finite
     # sharpness gives rays that pass just outside the surface some opacity, which the silhouettes
     # of the images answer by shrinking the surface (by about 1 / inv_s); a rising floor late in
     # training shrinks that bias
-    min_inv_s: Schedule = 0.0
+    min_inv_s: Schedule = checked(schedule(non_negative()), default=0.0)
 
 
 class VarianceNetwork(nn.Module):

@@ -18,14 +18,18 @@ from torch import Tensor
 from models.base import BaseModel
 from models.outputs import RenderOutput
 from systems.config import RunContext
-from systems.evaluation import SplitRecorder, image_grid, image_metrics, write_video
+from systems.evaluation import SplitRecorder, failure_reason, image_grid, image_metrics, write_video
 from systems.export import export_and_score
-from systems.losses import Weight, check_weight, common_loss_terms, weight_at, weight_nonzero
+from systems.losses import Weight, common_loss_terms, weight_at
 from systems.metrics import load_lpips, psnr, summarize_image_metrics, write_image_metrics
 from systems.optim import make_optimizer, make_scheduler
 from systems.schedule import TrainingSchedule
 
 log = logging.getLogger(__name__)
+
+
+# the smallest chunk (rays) render_image falls back to when rendering runs out of memory
+MIN_EVAL_CHUNK = 256
 
 
 class BaseSystem(pl.LightningModule):
@@ -39,16 +43,8 @@ class BaseSystem(pl.LightningModule):
         self.context = context
         self.model = model
         self.schedule = schedule
-        for name, w in self.loss_weights().items():
-            check_weight(w, f"system.loss.{name}")
-        try:
-            from utils.mesh.metrics import mesh_region
-
-            mesh_region(cfg.eval_mesh_region)
-        except ValueError as err:
-            raise ValueError(f"system.eval_mesh_region: {err}") from err
-        if weight_nonzero(cfg.loss.lambda_distortion_bg) and model.background is None:
-            raise ValueError("system.loss.lambda_distortion_bg > 0 needs a learned background (model.background)")
+        for key, msg in cfg.model_problems(model.cfg):  # (parsing an experiment reports these up front)
+            raise ValueError(f"{key}: {msg}")
         self.recorder = SplitRecorder()
         self.last_means: Dict[str, Dict[str, float]] = {}  # the latest logged means, by prefix ("val", "test")
         self.trained_steps = 0  # the schedule step of the weights a checkpoint brought (on_load_checkpoint)
@@ -163,7 +159,23 @@ class BaseSystem(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def render_image(self, batch: Dict[str, Any]) -> RenderOutput:
-        return self.model(batch["rays_o"], batch["rays_d"], batch["background"])
+        """The rays of one whole image rendered in chunks of model.eval_chunk_size rays; a chunk that
+        runs out of memory is tried again at half the size (with a warning), down to MIN_EVAL_CHUNK."""
+        from utils.memory import is_out_of_memory
+
+        model_cfg = self.model.cfg
+        while True:
+            try:
+                return self.model(batch["rays_o"], batch["rays_d"], batch["background"])
+            except (RuntimeError, MemoryError) as err:
+                if not is_out_of_memory(err) or model_cfg.eval_chunk_size <= MIN_EVAL_CHUNK:
+                    raise
+                smaller = max(MIN_EVAL_CHUNK, model_cfg.eval_chunk_size // 2)
+                log.warning("out of memory rendering a %sx%s image in chunks of %d rays (model.eval_chunk_size): "
+                            "trying %d", batch.get("width"), batch.get("height"), model_cfg.eval_chunk_size, smaller)
+                model_cfg.eval_chunk_size = smaller
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
     def _evaluate_image(self, batch: Dict[str, Any], grid_path: str, with_lpips: bool = False):
         """Render one whole image, save its grid (at ``grid_path`` under save/) -> (index, grid, metrics)."""
@@ -171,23 +183,41 @@ class BaseSystem(pl.LightningModule):
         out = self.render_image(batch)
         grid = image_grid(batch, out, h, w)
         self.recorder.add_image(self.context.save_dir, grid_path.format(index=index), grid)
-        metrics = image_metrics(batch, out, h, w, with_lpips=with_lpips)
+        metrics = image_metrics(batch, out, h, w, with_lpips=with_lpips, on_skip=self.recorder.skip)
         self.recorder.add_row(index, metrics)
         return index, grid, out
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        index, grid, _ = self._evaluate_image(batch, f"val/step{self.global_step:07d}/{{index:03d}}.png")
+        try:
+            index, grid, _ = self._evaluate_image(batch, f"val/step{self.global_step:07d}/{{index:03d}}.png")
+        except Exception as err:  # noqa: BLE001
+            # while training, an image that cannot be validated is skipped (said once per pass):
+            # the run goes on; a full disk (OSError) or a --validate run still stop
+            if isinstance(err, OSError) or self.trainer.state.fn != "fit":
+                raise
+            self.recorder.skip("rendering", failure_reason(err))
+            return
         if batch_idx < self.cfg.log_val_images and self._tensorboard() is not None:
             self._tensorboard().add_image(f"val/{index:03d}", grid.permute(2, 0, 1).clamp(0, 1), self.global_step)
 
     def on_validation_epoch_end(self) -> None:
         self.recorder.write_images(self.context.save_dir)
         rows = self.recorder.gathered_rows()
+        skipped = self.skipped_metrics("validation")
         self.log_means(rows, "val")
-        if rows and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+        if (rows or skipped) and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             write_image_metrics(self.context.save_dir / f"val/step{self.global_step:07d}/metrics",
-                                summarize_image_metrics(rows))
+                                summarize_image_metrics(rows), skipped)
         self.recorder.reset()
+
+    def skipped_metrics(self, split: str) -> Dict[str, str]:
+        """{metric: "skipped: <reason>"} for the metrics this pass could not compute, each said once
+        in the log (the metrics files record them the same way)."""
+        skipped = self.recorder.gathered_skips()
+        if self.trainer.is_global_zero:
+            for metric, reason in skipped.items():
+                log.warning("%s: skipped for the %s images at step %d: %s", metric, split, self.global_step, reason)
+        return {metric: f"skipped: {reason}" for metric, reason in skipped.items()}
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         index, grid, _ = self._evaluate_image(batch, "test/{index:03d}.png", with_lpips=self.cfg.eval_lpips)
@@ -200,7 +230,7 @@ class BaseSystem(pl.LightningModule):
         self.recorder.write_images(self.context.save_dir)
         frames = self.recorder.gathered_frames()
         rows = self.recorder.gathered_rows()
-        extra: Dict[str, Any] = {}
+        extra: Dict[str, Any] = dict(self.skipped_metrics("test"))
         if rows:
             self.log_means(rows, "test")
             if self.cfg.eval_lpips:
@@ -213,9 +243,7 @@ class BaseSystem(pl.LightningModule):
         if self.trainer.is_global_zero:
             self._write_video(frames, "test")
             if self.cfg.export_mesh_at_test:
-                geometry = export_and_score(self.model, self.context, self.cfg, self._tensorboard(), self.global_step)
-                if geometry:
-                    extra["geometry"] = geometry
+                extra.update(export_and_score(self.model, self.context, self.cfg, self._tensorboard(), self.global_step))
             json_path, csv_path = write_image_metrics(
                 self.context.save_dir / f"test_metrics_step{self.global_step:07d}", summarize_image_metrics(rows), extra)
             log.info("test metrics: %s%s", json_path, f" and {csv_path.name}" if csv_path else "")

@@ -109,6 +109,11 @@ def build_scene(cfg: ExperimentConfig) -> Scene:
     return datasets.make(cfg.dataset.name, cfg.dataset, scene_radius=cfg.model.radius, path="dataset")
 
 
+def build_datamodule(cfg: ExperimentConfig, scene: Scene) -> SceneDataModule:
+    """The datamodule serving ``scene``'s splits (each loaded when first asked for)."""
+    return SceneDataModule(scene, cfg.dataset, train_num_rays=cfg.system.train_num_rays, seed=cfg.seed)
+
+
 def build_system(cfg: ExperimentConfig, context: RunContext) -> BaseSystem:
     model = models.make(cfg.model.name, cfg.model, path="model")
     schedule = TrainingSchedule(cfg.trainer.max_steps, cfg.trainer.max_minutes)
@@ -151,6 +156,11 @@ def start_grid_from_masks(system: BaseSystem, datamodule: SceneDataModule) -> No
         return
     # each view's mask at its own size
     kept = model.start_grid_from_hull(visual_hull_cells(model.grid, train.c2w, train.intrinsics, train.masks()))
+    if kept <= 0:
+        raise DatasetError(
+            f"model.grid.init_from_masks: the visual hull of the {len(train)} training masks leaves no cell "
+            "of the occupancy grid: the masks are empty, too small or do not overlap (check them, or set "
+            "model.grid.init_from_masks=false)")
     log.info("occupancy grid started from the masks' visual hull: %.1f%% of the box kept", 100 * kept)
 
 
@@ -166,6 +176,8 @@ def build_callbacks(cfg: ExperimentConfig, run_paths: RunPaths, action: str) -> 
             DynamicRayBudget.from_config(cfg.system),
             NonFiniteStepGuard(cfg.system.max_consecutive_bad_steps),
             LearningRateMonitor(logging_interval="step"),
+            # also before the first validation and at the end of training: a failing validation or
+            # test never costs the weights
             periodic_checkpoints(cfg, run_paths),
             GracefulStop(run_paths.ckpt_dir),  # after the periodic checkpoints (both run last)
         ]
@@ -229,16 +241,18 @@ def build_trainer(cfg: ExperimentConfig, run_paths: RunPaths, callbacks: Sequenc
 
 
 def build_run(cfg: ExperimentConfig, run_paths: RunPaths, action: str = "train", *,
-              extra_callbacks: Sequence[pl.Callback] = (), scene: Scene = None) -> RunParts:
+              extra_callbacks: Sequence[pl.Callback] = (), scene: Scene = None,
+              datamodule: SceneDataModule = None) -> RunParts:
     """Scene, system (with its model), datamodule and trainer of a run whose outputs go to
-    ``run_paths``. ``extra_callbacks`` run after the toolkit's own; ``scene`` skips loading it again."""
+    ``run_paths``. ``extra_callbacks`` run after the toolkit's own; ``scene`` and ``datamodule``
+    (with the splits it has loaded) skip making them again."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     scene = scene if scene is not None else build_scene(cfg)
     check_run_data(cfg, scene, action)  # (nothing left to do when the caller checked already)
     context = RunContext(save_dir=run_paths.save_dir, scene_to_world=scene.scene_to_world,
                          gt_mesh_path=scene.gt_mesh_path, export=cfg.export)
     system = build_system(cfg, context)
-    datamodule = SceneDataModule(scene, cfg.dataset, train_num_rays=cfg.system.train_num_rays, seed=cfg.seed)
+    datamodule = datamodule if datamodule is not None else build_datamodule(cfg, scene)
     if action == "train":
         # before a checkpoint is restored (inside fit), so a resumed grid wins over a fresh hull
         start_grid_from_masks(system, datamodule)

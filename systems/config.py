@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import List, Literal, Optional
+from typing import Any, Iterator, List, Literal, Optional, Tuple
 
 from torch import Tensor
 
-from systems.losses import Weight
+from systems.losses import Weight, weight_nonzero
 from systems.optim import OptimizerConfig, SchedulerConfig
+from utils.config import at_least, checked, length, non_negative, positive, schedule
 from utils.experiment import ExportConfig
 
 
@@ -23,24 +24,28 @@ class RunContext:
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
 
+# a loss weight: a number >= 0 or a [[step, value], ...] schedule of them (utils/schedules.py)
+LOSS_WEIGHT = schedule(non_negative())
+
+
 @dataclasses.dataclass
 class CommonLossConfig:
     """Weights of the terms every system has (see BaseSystem.common_losses)."""
 
-    lambda_rgb_mse: Weight = 0.0
-    lambda_rgb_l1: Weight = 0.0
-    lambda_mask: Weight = 0.0  # BCE of opacity against the dataset's masks (needs masks)
+    lambda_rgb_mse: Weight = checked(LOSS_WEIGHT, default=0.0)
+    lambda_rgb_l1: Weight = checked(LOSS_WEIGHT, default=0.0)
+    lambda_mask: Weight = checked(LOSS_WEIGHT, default=0.0)  # BCE of opacity against the dataset's masks (needs masks)
     # when lambda_mask > 0 but the training data has no masks (none, all opaque or all empty):
     # 'error' refuses the run before it starts; 'off' trains without the mask loss (one warning).
     # Against all-ones alpha the mask loss would make the whole box opaque.
     mask_loss_without_masks: Literal["error", "off"] = "error"
-    lambda_opaque: Weight = 0.0
-    lambda_distortion: Weight = 0.0
+    lambda_opaque: Weight = checked(LOSS_WEIGHT, default=0.0)
+    lambda_distortion: Weight = checked(LOSS_WEIGHT, default=0.0)
     # distortion loss of the learned background (model.background), in normalized disparity
-    lambda_distortion_bg: Weight = 0.0
+    lambda_distortion_bg: Weight = checked(LOSS_WEIGHT, default=0.0)
     # the fields' own regularizers, e.g. the tri-plane's total variation ('tv') and 'l1'
-    lambda_tv: Weight = 0.0
-    lambda_l1: Weight = 0.0
+    lambda_tv: Weight = checked(LOSS_WEIGHT, default=0.0)
+    lambda_l1: Weight = checked(LOSS_WEIGHT, default=0.0)
 
 
 @dataclasses.dataclass
@@ -51,25 +56,46 @@ class SystemConfig:
     scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
     # rays per training step; with dynamic sampling, adjusted so each step has about
     # target_samples_per_step samples, between train_num_rays_min and max_train_num_rays
-    train_num_rays: int = 256
+    train_num_rays: int = checked(at_least(1), default=256)
     dynamic_ray_sampling: bool = True
-    target_samples_per_step: int = 262144
-    max_train_num_rays: int = 8192
-    train_num_rays_min: int = 64
+    target_samples_per_step: int = checked(at_least(1), default=262144)
+    max_train_num_rays: int = checked(at_least(1), default=8192)
+    train_num_rays_min: int = checked(at_least(1), default=64)
     # a step whose loss or gradients are NaN/inf is skipped (no parameter update) and counted
     # (train/skipped_steps); this many in a row stop the run, keeping its last (finite) checkpoint
-    max_consecutive_bad_steps: int = 20
+    max_consecutive_bad_steps: int = checked(at_least(1), default=20)
     # outputs
     save_video: bool = True
     save_gif: bool = False
-    video_fps: int = 20
+    video_fps: int = checked(at_least(1), default=20)
     export_mesh_at_test: bool = True
-    log_val_images: int = 2  # validation image grids sent to TensorBoard
+    log_val_images: int = checked(at_least(0), default=2)  # validation image grids sent to TensorBoard
     # geometry metrics against the scene's ground-truth surface at test time, when it has one
-    eval_mesh_points: int = 100000
-    eval_mesh_threshold: float = 0.01
+    eval_mesh_points: int = checked(at_least(1), default=100000)
+    eval_mesh_threshold: float = checked(positive(), default=0.01)
     # evaluate only inside this region (world units): [xmin, ymin, zmin, xmax, ymax, zmax] (a box) or
     # [cx, cy, cz, r] (a sphere); points of both surfaces outside it are dropped first
-    eval_mesh_region: Optional[List[float]] = None
+    eval_mesh_region: Optional[List[float]] = checked(length(4, 6), default=None)
     # LPIPS at test time, when the lpips package and its weights are installed (else skipped with a message)
     eval_lpips: bool = True
+
+    def check(self) -> Iterator[Tuple[str, str]]:
+        if self.dynamic_ray_sampling and self.train_num_rays_min > self.max_train_num_rays:
+            yield "train_num_rays_min", (f"must be <= max_train_num_rays ({self.max_train_num_rays}), "
+                                         f"got {self.train_num_rays_min}")
+        if self.eval_mesh_region is not None:
+            from utils.mesh.metrics import mesh_region
+
+            try:
+                mesh_region(self.eval_mesh_region)
+            except ValueError as err:
+                yield "eval_mesh_region", str(err)
+
+    def check_in(self, experiment: Any) -> Iterator[Tuple[str, str]]:
+        """What the system needs of the rest of the experiment (keys from the config's root)."""
+        yield from self.model_problems(experiment.model)
+
+    def model_problems(self, model_cfg: Any) -> Iterator[Tuple[str, str]]:
+        """(key, message) for what this system needs of the model config ``model_cfg``."""
+        if weight_nonzero(self.loss.lambda_distortion_bg) and getattr(model_cfg, "background", None) is None:
+            yield "system.loss.lambda_distortion_bg", "> 0 needs a learned background (model.background)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch.nn.functional as F
@@ -20,6 +20,11 @@ from utils.distributed import all_gather, gather_to_zero, is_distributed
 from utils.saving import colorize_scalar, image_row, save_image, save_video, to_uint8
 
 log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
+
+#: called with (metric name, reason) for a metric an image could not be scored with
+SkipFn = Callable[[str, str], None]
 
 
 def image_grid(batch: Dict[str, Any], out: RenderOutput, h: int, w: int) -> Tensor:
@@ -38,18 +43,28 @@ def image_grid(batch: Dict[str, Any], out: RenderOutput, h: int, w: int) -> Tens
     return image_row(panels)
 
 
-def image_metrics(batch: Dict[str, Any], out: RenderOutput, h: int, w: int, with_lpips: bool = False) -> Dict[str, float]:
+def image_metrics(batch: Dict[str, Any], out: RenderOutput, h: int, w: int, with_lpips: bool = False,
+                  on_skip: Optional[SkipFn] = None) -> Dict[str, float]:
     """PSNR and SSIM (and LPIPS, when asked and available) of a whole rendered image against the
-    batch's ground truth; {} when the batch has none."""
+    batch's ground truth; {} when the batch has none. A metric that cannot be computed (e.g. SSIM
+    of an image smaller than its window) is left out and ``on_skip(name, reason)`` told why
+    (default: a warning)."""
     if "rgb" not in batch:
         return {}
+    on_skip = on_skip or (lambda name, reason: log.warning("%s skipped: %s", name.upper(), reason))
     pred = out.rgb.reshape(h, w, 3).clamp(0, 1)
     gt = batch["rgb"].reshape(h, w, 3)
-    metrics = {"psnr": float(psnr(pred, gt)), "ssim": float(ssim(pred, gt))}
+    metrics = {"psnr": float(psnr(pred, gt))}
+    scorers: Dict[str, Callable] = {"ssim": ssim}
     if with_lpips:
         lpips_fn, _ = load_lpips()
         if lpips_fn is not None:
-            metrics["lpips"] = float(lpips_fn(pred, gt))
+            scorers["lpips"] = lpips_fn
+    for name, fn in scorers.items():
+        try:
+            metrics[name] = float(fn(pred, gt))
+        except (ValueError, RuntimeError) as err:  # an image the metric cannot take: the rest still count
+            on_skip(name, (str(err).splitlines() or [type(err).__name__])[0])
     return metrics
 
 
@@ -63,6 +78,7 @@ class SplitRecorder:
     def __init__(self) -> None:
         self.rows: List[Dict[str, float]] = []
         self.frames: List[Tuple[int, np.ndarray]] = []  # (image index, frame) for the video
+        self.skipped: Dict[str, str] = {}  # metric -> why it could not be computed (the first reason)
         self._pending: List[Tuple[str, np.ndarray]] = []
 
     def add_image(self, save_dir: Path, relative: str, img: Tensor) -> None:
@@ -77,6 +93,18 @@ class SplitRecorder:
     def add_row(self, index: int, metrics: Dict[str, float]) -> None:
         if metrics:
             self.rows.append({"index": index, **metrics})
+
+    def skip(self, metric: str, reason: str) -> None:
+        """A metric one image could not be scored with (see image_metrics)."""
+        self.skipped.setdefault(metric, reason)
+
+    def gathered_skips(self) -> Dict[str, str]:
+        """The skipped metrics of every process (on every process), each with one reason."""
+        merged: Dict[str, str] = {}
+        for part in all_gather(dict(self.skipped)):
+            for metric, reason in part.items():
+                merged.setdefault(metric, reason)
+        return merged
 
     def write_images(self, save_dir: Path) -> None:
         """Distributed: rank zero writes the images every process rendered, each once."""
@@ -103,7 +131,7 @@ class SplitRecorder:
         return [by_index[i] for i in sorted(by_index)]
 
     def reset(self) -> None:
-        self.rows, self.frames, self._pending = [], [], []
+        self.rows, self.frames, self._pending, self.skipped = [], [], [], {}
 
 
 def write_video(frames: Sequence[np.ndarray], path: Path, fps: int, gif: bool = False) -> Path:
@@ -113,3 +141,12 @@ def write_video(frames: Sequence[np.ndarray], path: Path, fps: int, gif: bool = 
     if gif:
         save_video(path.with_suffix(".gif"), frames, fps)
     return path
+
+
+def failure_reason(err: BaseException) -> str:
+    """An error in one line: its message as it is when written for users (ValueError, OSError),
+    else with its type (a bug's message alone rarely says enough)."""
+    text = (str(err).splitlines() or [""])[0].strip()
+    if text and isinstance(err, (ValueError, OSError)):
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -143,18 +143,40 @@ def score_mesh(mesh_path: Path, gt_path: str, n_points: int, threshold: float,
     return dict(metrics, threshold=float(threshold), region=None if box is None else box.to_dict())
 
 
-def export_and_score(model: BaseModel, context, system_cfg, tensorboard=None, step: int = 0) -> Optional[Dict[str, object]]:
+def mesh_failure(err: BaseException) -> str:
+    """One line saying why a mesh could not be made or scored, with what to change when it is memory."""
+    from systems.evaluation import failure_reason
+    from utils.memory import is_out_of_memory
+
+    if is_out_of_memory(err):
+        return "out of memory (lower export.resolution or export.chunk_size)"
+    return failure_reason(err)
+
+
+def export_and_score(model: BaseModel, context, system_cfg, tensorboard=None, step: int = 0) -> Dict[str, object]:
     """The test's mesh: export it (context.export) as ``mesh_step<step>.*`` and score it against
-    the scene's ground-truth surface when there is one (system_cfg.eval_mesh_*); the scores are
-    also logged to TensorBoard as test/mesh_<metric>."""
-    exported = export_mesh(model, context.export, context.scene_to_world, context.save_dir, f"step{step:07d}",
-                           tensorboard=tensorboard, global_step=step)
+    the scene's ground-truth surface when there is one (system_cfg.eval_mesh_*; the scores are also
+    logged to TensorBoard as test/mesh_<metric>) -> entries for the test metrics:
+    {"geometry": scores}, or "mesh" / "geometry": "skipped: <reason>" when the mesh cannot be
+    extracted or written, or not scored (the other test outputs are written all the same)."""
+    try:
+        exported = export_mesh(model, context.export, context.scene_to_world, context.save_dir, f"step{step:07d}",
+                               tensorboard=tensorboard, global_step=step)
+    except Exception as err:  # noqa: BLE001 (an empty surface, too little memory, a full disk...)
+        reason = mesh_failure(err)
+        log.error("mesh export failed: %s; the other test outputs are written", reason)
+        return {"mesh": f"skipped: {reason}"}
     if not context.gt_mesh_path or not exported.mesh_paths or not context.export.world_coordinates:
-        return None
-    scores = score_mesh(exported.mesh_paths[0], context.gt_mesh_path, system_cfg.eval_mesh_points,
-                        system_cfg.eval_mesh_threshold, system_cfg.eval_mesh_region)
+        return {}
+    try:
+        scores = score_mesh(exported.mesh_paths[0], context.gt_mesh_path, system_cfg.eval_mesh_points,
+                            system_cfg.eval_mesh_threshold, system_cfg.eval_mesh_region)
+    except Exception as err:  # noqa: BLE001 (e.g. an unreadable ground truth, or no points in the region)
+        reason = mesh_failure(err)
+        log.error("mesh scoring failed: %s", reason)
+        return {"geometry": f"skipped: {reason}"}
     if tensorboard is not None:
         for key, value in scores.items():
             if isinstance(value, float) and key != "threshold":
                 tensorboard.add_scalar(f"test/mesh_{key}", value, step)
-    return scores
+    return {"geometry": scores}

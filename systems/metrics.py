@@ -21,6 +21,8 @@ __all__ = ["psnr", "ssim", "gaussian_window", "load_lpips", "lpips_skip_reason",
 
 log = logging.getLogger(__name__)
 
+SSIM_WINDOW = 11  # pixels on a side of SSIM's Gaussian window: smaller images have no SSIM
+
 
 def psnr(pred: Tensor, gt: Tensor, mask: Optional[Tensor] = None, max_val: float = 1.0) -> Tensor:
     """Peak signal-to-noise ratio in dB: ``10 log10(max_val^2 / MSE)``.
@@ -62,7 +64,7 @@ def _filter(x: Tensor, g: Tensor) -> Tensor:
     return F.conv2d(x, g.view(1, 1, 1, k))
 
 
-def ssim(pred: Tensor, gt: Tensor, max_val: float = 1.0, window_size: int = 11,
+def ssim(pred: Tensor, gt: Tensor, max_val: float = 1.0, window_size: int = SSIM_WINDOW,
          sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> Tensor:
     """Structural similarity (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5).
 

@@ -6,13 +6,14 @@ import dataclasses
 
 from systems import register
 from systems.base import BaseSystem
-from systems.config import CommonLossConfig, SystemConfig
+from systems.config import LOSS_WEIGHT, CommonLossConfig, SystemConfig
 from systems.losses import Weight
+from utils.config import checked
 
 
 @dataclasses.dataclass
 class NeRFLossConfig(CommonLossConfig):
-    lambda_rgb_mse: Weight = 1.0
+    lambda_rgb_mse: Weight = checked(LOSS_WEIGHT, default=1.0)
 
 
 @register("nerf-system")

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict
+from typing import Any, Dict, Iterator, Tuple
 
 from torch import Tensor
 
 from models.outputs import RenderOutput
 from systems import register
 from systems.base import BaseSystem
-from systems.config import CommonLossConfig, SystemConfig
+from systems.config import LOSS_WEIGHT, CommonLossConfig, SystemConfig
 from systems.losses import (
     Weight,
     curvature_loss,
@@ -18,24 +18,26 @@ from systems.losses import (
     sparsity_loss,
     weight_nonzero,
 )
+from utils.config import at_least, checked, positive
 
 
 @dataclasses.dataclass
 class NeuSLossConfig(CommonLossConfig):
-    lambda_rgb_l1: Weight = 1.0
-    lambda_eikonal: Weight = 0.1
+    lambda_rgb_l1: Weight = checked(LOSS_WEIGHT, default=1.0)
+    lambda_eikonal: Weight = checked(LOSS_WEIGHT, default=0.1)
     # eikonal loss also on uniform random points in the scene box: keeps the SDF distance-like
     # where rays never sample (e.g. inside objects, with model.grid.mode: shell)
-    lambda_eikonal_random: Weight = 0.0
-    eikonal_random_points: int = 4096
-    lambda_sparsity: Weight = 0.0
-    lambda_curvature: Weight = 0.0  # needs model.compute_laplace
+    lambda_eikonal_random: Weight = checked(LOSS_WEIGHT, default=0.0)
+    eikonal_random_points: int = checked(at_least(1), default=4096)
+    lambda_sparsity: Weight = checked(LOSS_WEIGHT, default=0.0)
+    lambda_curvature: Weight = checked(LOSS_WEIGHT, default=0.0)  # needs model.compute_laplace
     # normals at each ray's expected surface point and at that point moved by a random offset of
     # normal_smoothness_std scene units should agree: flattens bumps where colour says little
-    lambda_normal_smoothness: Weight = 0.0
-    normal_smoothness_std: float = 0.01
-    normal_smoothness_rays: int = 1024  # at most this many rays (those that hit the surface) per step
-    sparsity_scale: float = 1.0
+    lambda_normal_smoothness: Weight = checked(LOSS_WEIGHT, default=0.0)
+    normal_smoothness_std: float = checked(positive(), default=0.01)
+    # at most this many rays (those that hit the surface) per step
+    normal_smoothness_rays: int = checked(at_least(1), default=1024)
+    sparsity_scale: float = checked(positive(), default=1.0)
 
 
 @register("neus-system")
@@ -44,12 +46,16 @@ class NeuSSystem(BaseSystem):
     class Config(SystemConfig):
         loss: NeuSLossConfig = dataclasses.field(default_factory=NeuSLossConfig)
 
+        def model_problems(self, model_cfg: Any) -> Iterator[Tuple[str, str]]:
+            if not hasattr(model_cfg, "variance"):  # (NeuS's config is the one with a variance)
+                yield "model.name", f"neus-system needs a NeuS model (neus), got '{getattr(model_cfg, 'name', '?')}'"
+                return
+            yield from super().model_problems(model_cfg)
+            if weight_nonzero(self.loss.lambda_curvature) and not model_cfg.compute_laplace:
+                yield "system.loss.lambda_curvature", "> 0 needs model.compute_laplace: true"
+
     def __init__(self, cfg, model, context, schedule=None) -> None:
-        super().__init__(cfg, model, context, schedule)
-        if not hasattr(model, "variance"):
-            raise ValueError(f"system: neus-system needs a NeuS model, got model.name '{model.cfg.name}'")
-        if weight_nonzero(cfg.loss.lambda_curvature) and not model.cfg.compute_laplace:
-            raise ValueError("system.loss.lambda_curvature > 0 needs model.compute_laplace: true")
+        super().__init__(cfg, model, context, schedule)  # (checks model_problems)
 
     def losses(self, batch: Dict[str, Tensor], out: RenderOutput) -> Dict[str, Tensor]:
         terms = self.common_losses(batch, out)

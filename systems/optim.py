@@ -20,21 +20,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from utils.config import ConfigError
+from utils.config import ConfigError, at_least, checked, each, positive
 
 
 @dataclasses.dataclass
 class OptimizerConfig:
     name: str = "Adam"
-    lr: float = 0.01
+    lr: float = checked(positive(), default=0.01)
     args: Dict[str, Any] = dataclasses.field(default_factory=dict)
     # per-module options (lr, weight_decay, ...) keyed by the module's attribute path under the model
     params: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def check(self) -> Iterator[Tuple[str, str]]:
+        if not hasattr(torch.optim, self.name) or self.name.startswith("_"):
+            yield "name", f"torch.optim has no optimizer '{self.name}'"
+        for path, options in self.params.items():
+            lr = options.get("lr")
+            if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
+                yield f"params.{path}.lr", f"must be > 0, got {lr!r}"
 
 
 @dataclasses.dataclass
@@ -42,7 +50,29 @@ class SchedulerConfig:
     name: str = "none"
     args: Dict[str, Any] = dataclasses.field(default_factory=dict)
     schedulers: List["SchedulerConfig"] = dataclasses.field(default_factory=list)
-    milestones: List[int] = dataclasses.field(default_factory=list)
+    milestones: List[int] = checked(each(at_least(1)), factory=list)
+
+    def check(self) -> Iterator[Tuple[str, str]]:
+        if list(self.milestones) != sorted(set(self.milestones)):
+            yield "milestones", f"must increase, got {list(self.milestones)}"
+        if self.name != "warmup-exponential":
+            return
+        unknown = set(self.args) - set(WARMUP_EXPONENTIAL_ARGS)
+        if unknown:
+            yield "args", (f"unknown option(s) {sorted(unknown)} for warmup-exponential "
+                           f"(valid: {', '.join(WARMUP_EXPONENTIAL_ARGS)})")
+        for key, (ok, text) in WARMUP_EXPONENTIAL_ARGS.items():
+            value = self.args.get(key)
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and ok(value)):
+                yield f"args.{key}", f"{text}, got {value!r}"
+
+
+# the options of the 'warmup-exponential' schedule: (check, what it asks)
+WARMUP_EXPONENTIAL_ARGS = {
+    "warmup_steps": (lambda v: v >= 0, "must be >= 0"),
+    "decay_to": (lambda v: v > 0, "must be > 0 (the factor reached at total_steps)"),
+    "total_steps": (lambda v: v >= 1, "must be >= 1"),
+}
 
 
 def _module_at(model: nn.Module, path: str, key_path: str) -> nn.Module:
@@ -80,7 +110,7 @@ def make_optimizer(cfg: OptimizerConfig, model: nn.Module, key_path: str = "syst
         args["betas"] = tuple(args["betas"])
     try:
         return getattr(torch.optim, cfg.name)(groups, lr=cfg.lr, **args)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # an unknown option, or one torch refuses (e.g. betas >= 1)
         raise ConfigError(f"{key_path}: cannot build torch.optim.{cfg.name}: {err}") from err
 
 
@@ -93,10 +123,10 @@ def make_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, max_s
         warmup = int(cfg.args.get("warmup_steps", 0))
         decay_to = float(cfg.args.get("decay_to", 0.1))
         total = int(cfg.args.get("total_steps", max_steps))
-        unknown = set(cfg.args) - {"warmup_steps", "decay_to", "total_steps"}
+        unknown = set(cfg.args) - set(WARMUP_EXPONENTIAL_ARGS)
         if unknown:
             raise ConfigError(f"{key_path}.args: unknown option(s) {sorted(unknown)} for warmup-exponential "
-                              "(valid: warmup_steps, decay_to, total_steps)")
+                              f"(valid: {', '.join(WARMUP_EXPONENTIAL_ARGS)})")
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -125,5 +155,5 @@ def make_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, max_s
                           "or a torch.optim.lr_scheduler class name)")
     try:
         return cls(optimizer, **cfg.args)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"{key_path}: cannot build {cfg.name}: {err}") from err

@@ -108,8 +108,10 @@ def test_ddp_writes_one_run_folder_and_each_file_once(ddp_run):
     assert sorted(p.name for p in (save / "test").iterdir()) == ["000.png", "001.png", "002.png"]
     for step in ("step0000002", "step0000004"):
         assert sorted(p.name for p in (save / "val" / step).glob("*.png")) == ["000.png", "001.png"]
-    assert [p.name for p in save.glob("*.mp4")] == ["test_step0000004.mp4"]
-    assert [p.name for p in save.glob("mesh_*")] == ["mesh_step0000004.ply"]
+    assert sorted(p.name for p in save.glob("*.mp4")) == ["mesh_step0000004_preview.mp4", "test_step0000004.mp4"]
+    meshes = sorted(p.name for p in save.glob("mesh_*"))
+    assert meshes == sorted(f"mesh_step0000004{end}" for end in (
+        ".ply", "_textured.glb", "_textured.obj", "_textured.mtl", "_textured.png", "_preview.png", "_preview.mp4"))
     import imageio.v3 as iio
 
     frames = iio.imread(save / "test_step0000004.mp4", index=None)

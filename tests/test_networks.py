@@ -211,7 +211,7 @@ def test_tcnn_mlp_initialization_and_config_errors():
     assert first.shape == (64, 32) and hidden.shape == (64, 64) and last.shape == (16, 64)
     bound = (6.0 / (64 + 32)) ** 0.5  # Xavier-uniform per matrix, as tiny-cuda-nn
     assert first.abs().max() <= bound and first.abs().max() > 0.9 * bound
-    with pytest.raises(ValueError, match="at least one hidden layer"):
+    with pytest.raises(ValueError, match="n_hidden_layers: must be >= 1"):
         _tcnn_mlp(n_hidden_layers=0)
     with pytest.raises(ConfigError, match="activation"):
         _tcnn_mlp(activation="silu")

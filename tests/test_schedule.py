@@ -95,7 +95,7 @@ def test_profiles_apply_by_accelerator_and_are_all_checked(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text(
         "extends: {}\n".format(Path("configs/neus-synthetic.yaml").resolve())
-        + "profiles:\n  cpu: {trainer: {max_minutes: 7}}\n  gpu: {trainer: {max_steps: 20000}}\n"
+        + "profile: auto\nprofiles:\n  cpu: {trainer: {max_minutes: 7}}\n  gpu: {trainer: {max_steps: 20000}}\n"
     )
     raw, cfg = load_experiment(str(preset), ["trainer.accelerator=cpu"])
     assert cfg.profile == "cpu" and cfg.trainer.max_minutes == 7 and "profiles" not in raw
@@ -146,4 +146,4 @@ def test_a_budgeted_run_stretches_its_schedules_over_the_time(tmp_path, tiny_sce
     assert steps == sorted(steps) and steps[-1] > steps[0]
     assert list((run / "save").glob("test_metrics_step*.json"))  # then tested as usual
     saved = OmegaConf.load(run / "config" / "parsed.yaml")
-    assert saved.trainer.max_minutes == 0.1 and saved.profile == "cpu"
+    assert saved.trainer.max_minutes == 0.1 and saved.profile == "none"  # the main job applies no profile

@@ -105,7 +105,38 @@ def save_checkpoint_atomically(trainer, filepath: str | Path, weights_only: bool
 class AtomicModelCheckpoint(ModelCheckpoint):
     """Writes each checkpoint to a temporary file and renames it into place, so a run killed
     mid-write never leaves a truncated checkpoint under the final name. A failed write raises
-    SaveError naming the file; a model with NaN/inf weights is never saved."""
+    SaveError naming the file; a model with NaN/inf weights is never saved.
+
+    Besides the periodic checkpoints, one is written when the first validation of a fit starts and
+    when training ends (last.ckpt, or step*.ckpt without save_last), unless one of that step exists:
+    whatever fails in a validation, or in the test and export after training, the weights trained
+    so far are on disk."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._validated_in_fit = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._validated_in_fit = False
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        super().on_validation_start(trainer, pl_module)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and not self._validated_in_fit:
+            self._validated_in_fit = True
+            self._save_now(trainer, "before the first validation")
+
+    def _save_now(self, trainer, why: str) -> None:
+        """A checkpoint of the current step, unless there is one (or nothing was trained)."""
+        if trainer.global_step == 0 or self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        if self.save_last:
+            self._save_last_checkpoint(trainer, candidates)
+        else:
+            self._save_topk_checkpoint(trainer, candidates)
+        if trainer.is_global_zero:
+            log.info("checkpoint of step %d written %s", trainer.global_step, why)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:  # noqa: D401 (Lightning hook)
         save_checkpoint_atomically(trainer, filepath, self.save_weights_only)
@@ -116,10 +147,9 @@ class AtomicModelCheckpoint(ModelCheckpoint):
                 logger.after_save_checkpoint(self)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        """last.ckpt holds the final step even when max_steps is not a multiple of the period."""
+        """The final step is saved even when max_steps is not a multiple of the period."""
         super().on_train_end(trainer, pl_module)
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._save_now(trainer, "at the end of training")
 
 
 class GracefulStop(Checkpoint):

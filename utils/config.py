@@ -14,6 +14,16 @@ A field made with ``component("geometry")`` holds a nested component chosen by i
 from that kind of registry, and is checked against the chosen class's own ``Config``. This module
 knows no registries: the caller passes a ``components`` lookup (kind -> table of classes, see
 ``utils.registry.Registry.find``), so data flows one way (registry -> config).
+
+Ranges are declared where a field is declared, and checked with the types (see "value rules"):
+
+    max_steps: int = checked(at_least(1), default=20000)
+    occ_thre: float = checked(fraction(), default=0.001)
+    region: Optional[List[float]] = checked(length(4, 6), default=None)   # None is always allowed
+
+Checks that involve several fields are a ``check(self)`` method of the dataclass yielding
+``(key, message)`` pairs (key relative to the dataclass, "" for itself); it runs once the
+dataclass's own fields parsed cleanly, and its problems join the same ConfigError.
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ import os
 import time
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -86,11 +96,22 @@ _register_resolvers()
 
 
 # --------------------------------------------------------------------------- loading
+def _yaml_problem(err: Exception) -> str:
+    """A YAML error in one line: what is wrong and where (line and column, 1-based)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    if isinstance(err, UnicodeDecodeError):
+        return "not a text file (a YAML config is text)"
+    return " ".join(str(err).split())
+
+
 def _load_yaml(path: Path) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
     except Exception as err:  # yaml scanner errors carry line numbers; keep them
-        raise ConfigError(f"cannot read config file '{path}': {err}") from err
+        raise ConfigError(f"cannot read config file '{path}': {_yaml_problem(err)}") from err
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
     return cfg
@@ -99,6 +120,8 @@ def _load_yaml(path: Path) -> DictConfig:
 def load_yaml_with_extends(path: str | os.PathLike, _chain: Sequence[Path] = ()) -> DictConfig:
     """Load ``path``, merging the files named by its ``extends`` key underneath it."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a folder (give a YAML file, e.g. configs/neus-synthetic.yaml)")
     if not path.is_file():
         if _chain:
             raise ConfigError(
@@ -152,10 +175,17 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
                 f"command-line override '{item}' is not of the form key=value "
                 "(e.g. trainer.max_steps=500)"
             )
+    for item in overrides:  # one at a time first, to name the one at fault
+        try:
+            OmegaConf.from_dotlist([item])
+        except Exception as err:
+            problem = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"command-line override '{item}': cannot parse it: {problem} (check its brackets "
+                              "and quotes: a list is written key=[1,2])") from err
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except Exception as err:
-        raise ConfigError(f"cannot parse command-line overrides {list(overrides)}: {err}") from err
+        raise ConfigError(f"cannot parse command-line overrides {list(overrides)}: {_one_line(err)}") from err
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
@@ -172,8 +202,132 @@ def to_plain(cfg: Any, path: str = "") -> Any:
         try:
             return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         except Exception as err:
-            raise ConfigError(f"cannot resolve config{' at ' + path if path else ''}: {err}") from err
+            key = getattr(err, "full_key", None) or path
+            raise ConfigError(f"{key or 'config'}: cannot resolve its value: {_one_line(err)}") from err
     return cfg
+
+
+def _one_line(err: Exception) -> str:
+    """The first line of an error's message (OmegaConf appends full_key/object_type lines)."""
+    return (str(err).splitlines() or [type(err).__name__])[0].strip() or type(err).__name__
+
+
+# --------------------------------------------------------------------------- value rules
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A condition on a parsed config value: ``ok(value)``, and ``text``, what a message says when
+    it fails ("must be >= 1"). ``items`` rules apply to each item of a list instead."""
+
+    ok: Callable[[Any], bool]
+    text: str
+    items: bool = False
+
+    def problems(self, value: Any, path: str) -> List[Tuple[str, str]]:
+        """(key path, message) for each way ``value`` breaks this rule ([] when it holds)."""
+        if value is None:
+            return []  # None is a choice of its own (Optional fields), checked by the type
+        if self.items:
+            if not isinstance(value, (list, tuple)):
+                return []
+            return [(_join(path, i), f"{self.text}, got {v!r}") for i, v in enumerate(value)
+                    if v is not None and not _holds(self.ok, v)]
+        return [] if _holds(self.ok, value) else [(path, f"{self.text}, got {value!r}")]
+
+
+def _holds(ok: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(ok(value))
+    except (TypeError, ValueError):  # e.g. a rule on numbers meeting a string of a Union
+        return False
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
+
+
+def rule(ok: Callable[[Any], bool], text: str) -> Rule:
+    """A rule of one's own: ``rule(lambda v: v % 8 == 0, "must be a multiple of 8")``."""
+    return Rule(ok, text)
+
+
+def at_least(lo: float) -> Rule:
+    return Rule(lambda v: _number(v) and v >= lo, f"must be >= {lo}")
+
+
+def at_most(hi: float) -> Rule:
+    return Rule(lambda v: _number(v) and v <= hi, f"must be <= {hi}")
+
+
+def positive() -> Rule:
+    return Rule(lambda v: _number(v) and v > 0, "must be > 0")
+
+
+def non_negative() -> Rule:
+    return Rule(lambda v: _number(v) and v >= 0, "must be >= 0")
+
+
+def in_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Rule:
+    """lo <= v <= hi, with either end excluded when ``lo_open`` / ``hi_open``."""
+    def ok(v: Any) -> bool:
+        return _number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+
+    return Rule(ok, f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+
+
+def fraction() -> Rule:
+    """A value in [0, 1] (an opacity, a probability, a decay)."""
+    return in_range(0, 1)
+
+
+def length(*allowed: int, at_least: Optional[int] = None) -> Rule:
+    """A list of exactly one of the ``allowed`` lengths, or of at least ``at_least`` items."""
+    if at_least is not None:
+        return Rule(lambda v: len(v) >= at_least,
+                    "must not be empty" if at_least == 1 else f"must have at least {at_least} items")
+    shown = " or ".join(str(n) for n in allowed)
+    return Rule(lambda v: len(v) in allowed, f"must have {shown} items")
+
+
+def each(inner: Rule) -> Rule:
+    """``inner`` applied to every item of a list (problems name the item: ``key[2]``)."""
+    return Rule(inner.ok, inner.text, items=True)
+
+
+def schedule(values: Rule) -> Rule:
+    """A number or a piecewise-linear schedule ``[[step, value], ...]`` (utils/schedules.py) with
+    steps >= 0 and every value meeting ``values``."""
+    def ok(v: Any) -> bool:
+        if not isinstance(v, (list, tuple)):
+            return values.ok(v)
+        return bool(v) and all(isinstance(p, (list, tuple)) and len(p) == 2 and _number(p[0]) and p[0] >= 0
+                               and values.ok(p[1]) for p in v)
+
+    return Rule(ok, f"must be a number or a list of [step >= 0, value] pairs; each value {values.text}")
+
+
+def folder_name(allow_empty: bool = False) -> Rule:
+    """A string that can name one folder: no '/', not '.' or '..'."""
+    def ok(v: Any) -> bool:
+        if v == "":
+            return allow_empty
+        return isinstance(v, str) and "/" not in v and "\\" not in v and "\0" not in v and v not in (".", "..")
+
+    return Rule(ok, "must be a single folder name (no '/', not '.' or '..')" + ("" if allow_empty else ", not empty"))
+
+
+def checked(*rules: Rule, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING,
+            **metadata: Any) -> Any:
+    """A dataclass field whose value must meet ``rules`` (checked when a config is parsed, with
+    the types); give ``default`` or ``factory`` as for ``dataclasses.field``."""
+    meta = {**metadata, "rules": tuple(rules)}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def field_rules(fld: dataclasses.Field) -> Tuple[Rule, ...]:
+    """The rules declared on a dataclass field (() when none)."""
+    return tuple(fld.metadata.get("rules", ()))
 
 
 # --------------------------------------------------------------------------- schema
@@ -210,7 +364,8 @@ def _merge_component_default(default: Any, raw: Any) -> Any:
     return _deep_merge(default, raw)
 
 
-def _nearest(name: str, options: Sequence[str]) -> str:
+def nearest(name: str, options: Sequence[str]) -> str:
+    """" Did you mean 'x'?" for the options closest to ``name`` ("" when none is close)."""
     close = difflib.get_close_matches(str(name), [str(o) for o in options], n=3, cutoff=0.5)
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
@@ -243,10 +398,11 @@ class _Parser:
             if key not in fields and key != "name":
                 self.fail(
                     _join(path, key),
-                    f"unknown key '{key}'.{_nearest(key, list(fields))} "
+                    f"unknown key '{key}'.{nearest(key, list(fields))} "
                     f"Valid keys here: {', '.join(sorted(fields))}",
                 )
         values: Dict[str, Any] = {}
+        errors_before = len(self.errors)
         for name, fld in fields.items():
             key_path = _join(path, name)
             if name in raw:
@@ -267,12 +423,31 @@ class _Parser:
                     value = _merge_component_default(fld.default_factory(), value)  # type: ignore[misc]
                 values[name] = self.component(registry, value, key_path)
             else:
+                before = len(self.errors)
                 values[name] = self.value(hints[name], value, key_path)
+                if len(self.errors) == before:  # ranges only of values of the right type
+                    for rule in field_rules(fld):
+                        for where, msg in rule.problems(values[name], key_path):
+                            self.fail(where, msg)
         try:
-            return schema(**values)
+            instance = schema(**values)
         except Exception as err:  # a __post_init__ check of the schema itself
             self.fail(path, str(err))
             return None
+        if len(self.errors) == errors_before:  # cross-field checks need clean fields
+            self.check_instance(instance, path)
+        return instance
+
+    def check_instance(self, instance: Any, path: str) -> None:
+        """The dataclass's own ``check()`` problems, as (key relative to it, message) pairs."""
+        check = getattr(instance, "check", None)
+        if not callable(check):
+            return
+        try:
+            for key, msg in check() or ():
+                self.fail(_join(path, key) if key else path, msg)
+        except Exception as err:  # noqa: BLE001 (a check that trips over a value is a problem with it)
+            self.fail(path, f"{type(err).__name__}: {err}")
 
     def component(self, registry_kind: str, raw: Any, path: str) -> Any:
         if raw is None:
@@ -293,7 +468,7 @@ class _Parser:
         if name not in registry:
             self.fail(
                 _join(path, "name"),
-                f"unknown {registry_kind} '{name}'.{_nearest(name, registry.names())} "
+                f"unknown {registry_kind} '{name}'.{nearest(name, registry.names())} "
                 f"Known: {', '.join(registry.names())}",
             )
             return None
@@ -326,7 +501,7 @@ class _Parser:
             if raw not in args:
                 self.fail(
                     path,
-                    f"{raw!r} is not one of the choices {list(args)}.{_nearest(str(raw), [str(a) for a in args])}",
+                    f"{raw!r} is not one of the choices {list(args)}.{nearest(str(raw), [str(a) for a in args])}",
                 )
             return raw
         if origin is Union:
@@ -406,8 +581,7 @@ def parse_component(schema: type, raw: Any, path: str = "", components: Optional
     parser = _Parser(components)
     out = parser.dataclass(schema, raw, path)
     if parser.errors:
-        lines = "\n".join(f"  - {e}" for e in parser.errors)
-        raise ConfigError(f"invalid config ({len(parser.errors)} problem(s)):\n{lines}")
+        raise config_error(parser.errors)
     return out
 
 
@@ -415,6 +589,15 @@ def key_of(cfg: Any, field: str, default_prefix: str) -> str:
     """The full key of ``cfg``'s ``field`` for messages, e.g. ``model.geometry.xyz_encoding.inner.backend``
     (``default_prefix`` when ``cfg`` was not parsed as a component of a larger config)."""
     return f"{getattr(cfg, 'key_path', None) or default_prefix}.{field}"
+
+
+def config_error(problems: Sequence[str]) -> ConfigError:
+    """One ConfigError for ``problems`` ("key: what is wrong" each): one line for one problem
+    (``key: what is wrong``), else a count and a line per problem."""
+    if len(problems) == 1:
+        return ConfigError(problems[0])
+    lines = "\n".join(f"  - {e}" for e in problems)
+    return ConfigError(f"invalid config ({len(problems)} problems):\n{lines}")
 
 
 def config_to_dict(cfg: Any) -> Any:
@@ -506,6 +689,5 @@ def migrate_keys(cfg: DictConfig, changes: Sequence[KeyChange]) -> DictConfig:
         errors.append(f"{change.old}: no longer a setting ({change.note}); "
                       + (f"set {source} instead" if source else "remove it"))
     if errors:
-        lines = "\n".join(f"  - {e}" for e in errors)
-        raise ConfigError(f"invalid config ({len(errors)} problem(s)):\n{lines}")
+        raise config_error(errors)
     return OmegaConf.create(tree)

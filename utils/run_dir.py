@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 
 class RunFolderError(OSError):
@@ -109,3 +109,42 @@ def find_last_checkpoint(exp_dir: str | Path, name: str, tag: str = "") -> Path:
         where = f"'{parent}'" + (f" with tag '{tag}'" if tag else "")
         raise FileNotFoundError(f"--resume last: no checkpoint found in the runs of {where}")
     return found[-1]
+
+
+# ------------------------------------------------------------------------------------------------
+# runs that fail
+# ------------------------------------------------------------------------------------------------
+FAILED_FILE = "FAILED"  # in a run folder kept after a failure: the error, one line
+# written when the folder is made, so not an output of the run itself
+_SETUP_OUTPUTS = {"scene_to_world.json", "scene_setup.png", "scene_setup.ply"}
+
+
+def wrote_outputs(paths: RunPaths) -> bool:
+    """Whether a run wrote something worth keeping: a checkpoint, or a file under save/ other than
+    what making the folder wrote."""
+    if any(paths.ckpt_dir.glob("*.ckpt")):
+        return True
+    return any(p.is_file() and p.name not in _SETUP_OUTPUTS for p in paths.save_dir.rglob("*")) \
+        if paths.save_dir.is_dir() else False
+
+
+def discard_run(paths: RunPaths, made: Sequence[Path] = ()) -> None:
+    """Remove a run's folder and its TensorBoard folder (a run that failed before it did anything),
+    then those of the folders in ``made`` (the parents this run created) that are left empty."""
+    for folder in (paths.root, paths.tb_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+    for folder in sorted(made, key=lambda p: len(Path(p).parts), reverse=True):  # deepest first
+        try:
+            Path(folder).rmdir()  # only when empty
+        except OSError:
+            pass
+
+
+def mark_failed(paths: RunPaths, message: str) -> Optional[Path]:
+    """Write ``message`` into the run folder's FAILED file (None when that cannot be written)."""
+    path = paths.root / FAILED_FILE
+    try:
+        path.write_text(message.strip() + "\n")
+    except OSError:
+        return None
+    return path

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
 from models.encodings import register
+from utils.config import at_least, checked
 from models.encodings.base import Encoding, on_empty_batch
 
 
@@ -23,9 +24,13 @@ class Frequency(Encoding):
 
     @dataclass
     class Config:
-        n_frequencies: int = 6
-        c2f_start_step: int = 0
-        c2f_end_step: Optional[int] = None  # None: no coarse-to-fine weighting
+        n_frequencies: int = checked(at_least(1), default=6)
+        c2f_start_step: int = checked(at_least(0), default=0)
+        c2f_end_step: Optional[int] = checked(at_least(1), default=None)  # None: no coarse-to-fine weighting
+
+        def check(self) -> Iterator[Tuple[str, str]]:
+            if self.c2f_end_step is not None and self.c2f_end_step <= self.c2f_start_step:
+                yield "c2f_end_step", f"must be after c2f_start_step ({self.c2f_start_step}), got {self.c2f_end_step}"
 
     def __init__(self, cfg: "Frequency.Config", n_input_dims: int = 3):
         super().__init__()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from models.encodings import register
+from utils.config import at_least, checked, each, length, non_negative
 from models.encodings.base import Encoding, on_empty_batch
 from models.encodings.gather import GridSampler, combine_corner_terms, grid_gather, nlinear_weights
 
@@ -155,13 +156,13 @@ class TriPlane(Encoding):
 
     @dataclass
     class Config:
-        resolution: int = 128
+        resolution: int = checked(at_least(2), default=128)
         # several resolutions stacked (features concatenated across them); overrides resolution
-        resolutions: Optional[List[int]] = None
-        n_features: int = 16
+        resolutions: Optional[List[int]] = checked(length(at_least=1), each(at_least(2)), default=None)
+        n_features: int = checked(at_least(1), default=16)
         aggregation: Literal["sum", "product", "concat"] = "sum"
         init: Literal["normal", "uniform"] = "normal"
-        init_scale: float = 0.1  # std of "normal", half-width of "uniform"
+        init_scale: float = checked(non_negative(), default=0.1)  # std of "normal", half-width of "uniform"
         # mean of the initial features; default 0, or 1 for the product aggregation
         init_mean: Optional[float] = None
 
@@ -241,10 +242,10 @@ class DenseGrid(Encoding):
 
     @dataclass
     class Config:
-        resolution: int = 64
-        n_features: int = 8
+        resolution: int = checked(at_least(2), default=64)
+        n_features: int = checked(at_least(1), default=8)
         init: Literal["normal", "uniform"] = "normal"
-        init_scale: float = 0.1  # std of "normal", half-width of "uniform"
+        init_scale: float = checked(non_negative(), default=0.1)  # std of "normal", half-width of "uniform"
 
     def __init__(self, cfg: "DenseGrid.Config", n_input_dims: int = 3):
         super().__init__()

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, Iterator, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from models.encodings import register
+from utils.config import at_least, checked, in_range, non_negative, positive
 from models.encodings.base import Encoding, on_empty_batch
 from models.encodings.gather import GridSampler, combine_corner_terms, grid_gather, nlinear_weights
 from models.encodings.tcnn import KernelCache, run_kernel
@@ -201,18 +202,24 @@ class HashGrid(Encoding):
 
     @dataclass
     class Config:
-        n_levels: int = 16
-        n_features_per_level: int = 2
-        log2_hashmap_size: int = 19
-        base_resolution: int = 16
-        per_level_scale: float = 1.447269237440378
+        n_levels: int = checked(at_least(1), default=16)
+        n_features_per_level: int = checked(at_least(1), default=2)
+        log2_hashmap_size: int = checked(in_range(1, 30), default=19)
+        base_resolution: int = checked(at_least(1), default=16)
+        per_level_scale: float = checked(at_least(1), default=1.447269237440378)
         # if set, per_level_scale = (finest_resolution / base_resolution) ** (1 / (n_levels - 1))
-        finest_resolution: Optional[float] = None
-        init_std: float = 1e-4  # parameters start uniform in [-init_std, init_std] (as iNGP)
+        finest_resolution: Optional[float] = checked(positive(), default=None)
+        # parameters start uniform in [-init_std, init_std] (as iNGP)
+        init_std: float = checked(non_negative(), default=1e-4)
         interpolation: Literal["linear", "smoothstep"] = "linear"
         # per call: "auto" = tiny-cuda-nn, else Triton, for CUDA inputs when usable, else PyTorch;
         # "torch" / "tcnn" / "triton" force one (the parameters are the same for all)
         backend: Literal["auto", "torch", "tcnn", "triton"] = "auto"
+
+        def check(self) -> Iterator[Tuple[str, str]]:
+            if self.finest_resolution is not None and self.finest_resolution < self.base_resolution:
+                yield "finest_resolution", (f"must be >= base_resolution ({self.base_resolution}), "
+                                            f"got {self.finest_resolution}")
 
     def __init__(self, cfg: "HashGrid.Config", n_input_dims: int = 3):
         super().__init__()
@@ -376,9 +383,9 @@ class ProgressiveHashGrid(HashGrid):
 
     @dataclass
     class Config(HashGrid.Config):
-        start_level: int = 4
-        start_step: int = 0
-        update_steps: int = 1000
+        start_level: int = checked(at_least(1), default=4)  # (more than n_levels: all from the start)
+        start_step: int = checked(at_least(0), default=0)
+        update_steps: int = checked(at_least(1), default=1000)
 
     def __init__(self, cfg: "ProgressiveHashGrid.Config", n_input_dims: int = 3):
         super().__init__(cfg, n_input_dims)

@@ -28,6 +28,7 @@ from numpy.polynomial import polynomial as nppoly
 
 from models.encodings import register
 from models.encodings.base import Encoding
+from utils.config import checked, in_range
 
 MAX_DEGREE = 8
 
@@ -54,7 +55,7 @@ class SphericalHarmonics(Encoding):
 
     @dataclass
     class Config:
-        degree: int = 4  # number of bands: degree 4 -> 16 outputs
+        degree: int = checked(in_range(1, MAX_DEGREE), default=4)  # number of bands: degree 4 -> 16 outputs
 
     def __init__(self, cfg: "SphericalHarmonics.Config", n_input_dims: int = 3):
         super().__init__()

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Literal, Optional, Tuple
+from typing import Iterator, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.networks import register
-from utils.config import key_of
+from utils.config import at_least, checked, key_of, positive
 
 Activation = Literal["relu", "softplus", "silu", "sigmoid", "tanh", "none"]
 
@@ -66,19 +66,24 @@ class MLP(nn.Module):
 
     @dataclass
     class Config:
-        n_neurons: int = 64
-        n_hidden_layers: int = 1
+        n_neurons: int = checked(at_least(1), default=64)
+        n_hidden_layers: int = checked(at_least(0), default=1)
         activation: Activation = "relu"
         output_activation: Activation = "none"
-        softplus_beta: float = 100.0  # sharpness of the softplus (100: close to relu, for SDFs)
+        # sharpness of the softplus (100: close to relu, for SDFs)
+        softplus_beta: float = checked(positive(), default=100.0)
         sphere_init: bool = False
-        sphere_init_radius: float = 0.5
+        sphere_init_radius: float = checked(positive(), default=0.5)
         inside_out: bool = False  # sphere init with the sign flipped (negative outside)
         weight_norm: bool = False
         bias: bool = True
         # one implementation (PyTorch); kept so older configs load. 'tcnn' is refused: the
         # tiny-cuda-nn MLP is the network 'tcnn-mlp'
         backend: Literal["auto", "torch", "tcnn"] = "auto"
+
+        def check(self) -> Iterator[Tuple[str, str]]:
+            if self.sphere_init and self.n_hidden_layers < 1:
+                yield "n_hidden_layers", "sphere_init needs at least one hidden layer"
 
     def __init__(self, cfg: "MLP.Config", n_input_dims: int, n_output_dims: int):
         super().__init__()

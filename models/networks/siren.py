@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.networks import register
+from utils.config import at_least, checked, positive
 
 Film = Tuple[torch.Tensor, torch.Tensor]
 
@@ -30,10 +31,10 @@ class Siren(nn.Module):
 
     @dataclass
     class Config:
-        n_neurons: int = 64
-        n_hidden_layers: int = 3  # sine layers
-        w0_initial: float = 30.0
-        w0: float = 1.0
+        n_neurons: int = checked(at_least(1), default=64)
+        n_hidden_layers: int = checked(at_least(1), default=3)  # sine layers
+        w0_initial: float = checked(positive(), default=30.0)
+        w0: float = checked(positive(), default=1.0)
         film: bool = False  # accept FiLM frequencies and phase shifts in forward
 
     def __init__(self, cfg: "Siren.Config", n_input_dims: int, n_output_dims: int):

@@ -41,7 +41,7 @@ from torch import nn
 from models.encodings.tcnn import KernelCache, run_kernel
 from models.networks import register
 from utils import backends
-from utils.config import key_of
+from utils.config import at_least, checked, key_of
 
 TcnnActivation = Literal["relu", "softplus", "sigmoid", "tanh", "none"]
 
@@ -86,8 +86,9 @@ class TcnnMLP(nn.Module):
 
     @dataclass
     class Config:
-        n_neurons: int = 64  # 16, 32, 64 or 128 run tiny-cuda-nn's FullyFusedMLP, others CutlassMLP
-        n_hidden_layers: int = 2
+        # 16, 32, 64 or 128 run tiny-cuda-nn's FullyFusedMLP, others CutlassMLP
+        n_neurons: int = checked(at_least(1), default=64)
+        n_hidden_layers: int = checked(at_least(1), default=2)
         activation: TcnnActivation = "relu"
         output_activation: TcnnActivation = "none"
         # per call: "auto" = tiny-cuda-nn for CUDA inputs when usable, else PyTorch; "torch" / "tcnn" force one
