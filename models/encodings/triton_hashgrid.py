@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from models.encodings.gather import _backward_reference
+from models.encodings.hashgrid_layout import HashGridSampler, hash_grid_levels
 
 # points per program (a multiple of the 32-thread warp; 128 keeps the 8 corners' registers in
 # bounds for F <= 8)
@@ -287,7 +288,6 @@ def kernels_work(device: torch.device, n_features: int, smoothstep: bool) -> Opt
 
 def _run_once(device: torch.device, n_features: int, smoothstep: bool) -> None:
     """Forward with the jacobian, its table gradient, and the input gradient, on a tiny grid."""
-    from models.encodings.hashgrid import HashGridSampler, hash_grid_levels
 
     levels = hash_grid_levels(3, 2, 4, 2, 3.0)  # one dense and one hashed level
     sampler = HashGridSampler(3, levels, 4, smoothstep)

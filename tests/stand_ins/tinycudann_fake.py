@@ -68,7 +68,7 @@ def make_tinycudann() -> types.ModuleType:
             if kind == "encoding":
                 if config.get("otype") != "HashGrid":
                     raise ValueError(f"stand-in tinycudann: encoding {config.get('otype')} not covered")
-                from models.encodings.hashgrid import HashGridSampler, hash_grid_levels
+                from models.encodings.hashgrid_layout import HashGridSampler, hash_grid_levels
 
                 F_ = config["n_features_per_level"]
                 levels = hash_grid_levels(n_input_dims, config["n_levels"], config["log2_hashmap_size"],
