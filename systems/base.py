@@ -18,7 +18,8 @@ from torch import Tensor
 from models.base import BaseModel
 from models.outputs import RenderOutput
 from systems.config import RunContext
-from systems.evaluation import SplitRecorder, failure_reason, image_grid, image_metrics, write_video
+from systems.evaluation import (SplitRecorder, failure_reason, image_grid, image_metrics, render_whole_image,
+                                write_video)
 from systems.export import export_and_score
 from systems.losses import Weight, common_loss_terms, weight_at
 from systems.metrics import load_lpips, psnr, summarize_image_metrics, write_image_metrics
@@ -26,10 +27,6 @@ from systems.optim import make_optimizer, make_scheduler
 from systems.schedule import TrainingSchedule
 
 log = logging.getLogger(__name__)
-
-
-# the smallest chunk (rays) render_image falls back to when rendering runs out of memory
-MIN_EVAL_CHUNK = 256
 
 
 class BaseSystem(pl.LightningModule):
@@ -150,32 +147,14 @@ class BaseSystem(pl.LightningModule):
         return {"loss": loss, "num_samples": n_samples, "num_rays": n_rays}
 
     def losses(self, batch: Dict[str, Tensor], out: RenderOutput) -> Dict[str, Tensor]:
-        """Loss terms (unweighted) by name; a term is computed only when its weight can be non-zero."""
-        return self.common_losses(batch, out)
-
-    def common_losses(self, batch: Dict[str, Tensor], out: RenderOutput) -> Dict[str, Tensor]:
-        """The terms every system has: photometric, mask, opaque, distortion and the fields' regularizers."""
+        """Loss terms (unweighted) by name; a term is computed only when its weight can be non-zero.
+        These are the terms every system has (systems/losses.py); NeuS adds its SDF's."""
         return common_loss_terms(self.cfg.loss, batch, out, self.model)
 
     # ------------------------------------------------------------------ evaluation
     def render_image(self, batch: Dict[str, Any]) -> RenderOutput:
-        """The rays of one whole image rendered in chunks of model.eval_chunk_size rays; a chunk that
-        runs out of memory is tried again at half the size (with a warning), down to MIN_EVAL_CHUNK."""
-        from utils.memory import is_out_of_memory
-
-        model_cfg = self.model.cfg
-        while True:
-            try:
-                return self.model(batch["rays_o"], batch["rays_d"], batch["background"])
-            except (RuntimeError, MemoryError) as err:
-                if not is_out_of_memory(err) or model_cfg.eval_chunk_size <= MIN_EVAL_CHUNK:
-                    raise
-                smaller = max(MIN_EVAL_CHUNK, model_cfg.eval_chunk_size // 2)
-                log.warning("out of memory rendering a %sx%s image in chunks of %d rays (model.eval_chunk_size): "
-                            "trying %d", batch.get("width"), batch.get("height"), model_cfg.eval_chunk_size, smaller)
-                model_cfg.eval_chunk_size = smaller
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+        """The rays of one whole image, rendered in chunks (see systems.evaluation.render_whole_image)."""
+        return render_whole_image(self.model, batch)
 
     def _evaluate_image(self, batch: Dict[str, Any], grid_path: str, with_lpips: bool = False):
         """Render one whole image, save its grid (at ``grid_path`` under save/) -> (index, grid, metrics)."""

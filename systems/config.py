@@ -30,7 +30,7 @@ LOSS_WEIGHT = schedule(non_negative())
 
 @dataclasses.dataclass
 class CommonLossConfig:
-    """Weights of the terms every system has (see BaseSystem.common_losses)."""
+    """Weights of the terms every system has (see systems.losses.common_loss_terms)."""
 
     lambda_rgb_mse: Weight = checked(LOSS_WEIGHT, default=0.0)
     lambda_rgb_l1: Weight = checked(LOSS_WEIGHT, default=0.0)

@@ -150,3 +150,30 @@ def failure_reason(err: BaseException) -> str:
     if text and isinstance(err, (ValueError, OSError)):
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# the smallest chunk (rays) render_whole_image falls back to when rendering runs out of memory
+MIN_EVAL_CHUNK = 256
+
+
+def render_whole_image(model, batch: Dict[str, Any]) -> RenderOutput:
+    """The rays of one whole image (batch: rays_o, rays_d, background [H*W, 3]) rendered by the model
+    in chunks of model.eval_chunk_size rays; a chunk that runs out of memory is tried again at half
+    the size (with a warning), down to MIN_EVAL_CHUNK."""
+    import torch
+
+    from utils.memory import is_out_of_memory
+
+    model_cfg = model.cfg
+    while True:
+        try:
+            return model(batch["rays_o"], batch["rays_d"], batch["background"])
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err) or model_cfg.eval_chunk_size <= MIN_EVAL_CHUNK:
+                raise
+            smaller = max(MIN_EVAL_CHUNK, model_cfg.eval_chunk_size // 2)
+            log.warning("out of memory rendering a %sx%s image in chunks of %d rays (model.eval_chunk_size): "
+                        "trying %d", batch.get("width"), batch.get("height"), model_cfg.eval_chunk_size, smaller)
+            model_cfg.eval_chunk_size = smaller
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

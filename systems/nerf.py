@@ -1,5 +1,5 @@
 """The NeRF system: photometric loss, optional distortion (of the foreground and of the learned
-background) and opacity regularizers (all shared with NeuS, in ``BaseSystem.common_losses``)."""
+background) and opacity regularizers (all shared with NeuS, in ``systems.losses.common_loss_terms``)."""
 from __future__ import annotations
 
 import dataclasses

@@ -58,7 +58,7 @@ class NeuSSystem(BaseSystem):
         super().__init__(cfg, model, context, schedule)  # (checks model_problems)
 
     def losses(self, batch: Dict[str, Tensor], out: RenderOutput) -> Dict[str, Tensor]:
-        terms = self.common_losses(batch, out)
+        terms = super().losses(batch, out)
         loss_cfg = self.cfg.loss
         has_samples = out.sdf_grad.shape[0] > 0
         if weight_nonzero(loss_cfg.lambda_eikonal) and has_samples:
