@@ -34,10 +34,22 @@ def test_batch_size_can_change_between_batches(tiny_scene_dir):
     rays = RandomRays(split, 16, False, "random", seed=0)
     stream = iter(rays)
     assert next(stream)["rays_o"].shape[0] == 16
-    rays.n_rays = 40
+    rays.n_rays = 400
     batch = next(stream)
-    assert batch["rays_o"].shape[0] == 40
-    assert torch.allclose(batch["rgb"], composite(batch["rgb"], torch.ones(40), batch["background"]))
+    assert batch["rays_o"].shape[0] == 400
+    # random backgrounds show exactly where the image is transparent, and not where it is opaque
+    clear, solid = batch["alpha"] == 0, batch["alpha"] == 1
+    assert clear.any() and solid.any()
+    assert torch.equal(batch["rgb"][clear], batch["background"][clear])
+    assert not torch.allclose(batch["rgb"][solid], batch["background"][solid])
+
+
+def test_composite_by_hand():
+    rgb = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.2, 0.4, 0.6]])
+    alpha = torch.tensor([1.0, 0.0, 0.5])
+    background = torch.tensor([[0.0, 0.0, 1.0]]).expand(3, 3)
+    expected = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.1, 0.2, 0.8]])
+    assert torch.allclose(composite(rgb, alpha, background), expected)
 
 
 def test_image_rays_cover_the_image_in_order(tiny_scene_dir):
