@@ -182,6 +182,11 @@ class Scene:
         """Read the split from disk (each call reads it again)."""
         raise NotImplementedError
 
+    def up_direction(self) -> Tuple[float, float, float]:
+        """The scene's up direction in scene coordinates (what mesh previews show up): +z, the
+        convention of the layouts that come without a frame of their own."""
+        return (0.0, 0.0, 1.0)
+
     def setup_overview(self):
         """The cameras (and points) ``datasets.scene_setup`` draws, as a SceneOverview in scene
         coordinates; None when the scene has nothing to show."""
