@@ -117,6 +117,36 @@ class SceneSplit:
         """Every image's alpha [H_i, W_i], in order."""
         return [self.mask(i) for i in range(len(self))]
 
+    def downscaled(self, factor: float) -> "SceneSplit":
+        """This split with every image shrunk by ``factor`` (>= 1; 1 returns the split itself): each
+        image's size divided and rounded (``downscaled_size``), its intrinsics scaled per axis by
+        new size / old size, its alpha area-averaged and its colour area-averaged weighted by alpha
+        (so that, composited over any background, it is the area average of the original
+        composited image). A split without images keeps only the new sizes and intrinsics."""
+        if factor < 1:
+            raise DatasetError(f"a split can only be shrunk: factor must be >= 1, got {factor}")
+        if factor == 1:
+            return self
+        from datasets.cameras import scale_intrinsics
+
+        sizes = [downscaled_size(h, w, factor) for h, w in self.sizes.tolist()]
+        intrinsics = torch.stack([
+            scale_intrinsics(self.intrinsics[i], new[1] / w, new[0] / h)
+            for i, ((h, w), new) in enumerate(zip(self.sizes.tolist(), sizes))
+        ]) if sizes else self.intrinsics.clone()
+        fields = dict(c2w=self.c2w, intrinsics=intrinsics, sizes=torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2),
+                      has_mask=self.has_mask, names=list(self.names), mask_info=self.mask_info)
+        if self.pixels_rgb is None:
+            return SceneSplit(**fields)
+        images, alphas = [], []
+        for i, (h, w) in enumerate(sizes):
+            alpha = self.mask(i).numpy()[..., None]
+            premultiplied = resize_image(self.image(i).numpy() * alpha, w, h)
+            alpha = resize_image(alpha, w, h)
+            images.append(np.clip(premultiplied / np.maximum(alpha, 1e-8), 0.0, 1.0) * (alpha > 0))
+            alphas.append(np.clip(alpha[..., 0], 0.0, 1.0))
+        return SceneSplit.from_images(images=images, alphas=alphas, **{k: v for k, v in fields.items() if k != "sizes"})
+
     def take(self, index: Tensor) -> "SceneSplit":
         """A split holding only the views at ``index`` [K] (int64), in that order."""
         index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
@@ -151,6 +181,11 @@ class Scene:
     def load_split(self, split: Split) -> SceneSplit:
         """Read the split from disk (each call reads it again)."""
         raise NotImplementedError
+
+    def up_direction(self) -> Tuple[float, float, float]:
+        """The scene's up direction in scene coordinates (what mesh previews show up): +z, the
+        convention of the layouts that come without a frame of their own."""
+        return (0.0, 0.0, 1.0)
 
     def setup_overview(self):
         """The cameras (and points) ``datasets.scene_setup`` draws, as a SceneOverview in scene
@@ -270,6 +305,12 @@ def target_size(width: int, height: int, img_wh: Optional[Sequence[int]], img_do
             raise DatasetError(f"dataset.img_downscale must be positive, got {img_downscale}")
         return max(1, int(math.floor(width / img_downscale + 0.5))), max(1, int(math.floor(height / img_downscale + 0.5)))
     return width, height
+
+
+def downscaled_size(height: int, width: int, factor: float) -> Tuple[int, int]:
+    """(height, width) of an image of height x width shrunk by ``factor``: each side divided and
+    rounded half up, at least 1 pixel (as dataset.img_downscale sizes images)."""
+    return (max(1, int(math.floor(height / factor + 0.5))), max(1, int(math.floor(width / factor + 0.5))))
 
 
 #: a warning when resizing leaves an image's shorter side below this many pixels

@@ -61,6 +61,9 @@ class RayDataConfig:
     # at most this many images per split (None: all); handy for quick runs
     max_images_val: Optional[int] = checked(at_least(1), default=None)
     max_images_test: Optional[int] = checked(at_least(1), default=None)
+    # render and score the val and test images at 1/eval_downscale of their loaded size (each
+    # image's ground truth area-averaged, its intrinsics scaled); the metrics files say the size
+    eval_downscale: float = checked(at_least(1), default=1.0)
 
 
 def image_size_problems(cfg: Any) -> Iterator[Tuple[str, str]]:

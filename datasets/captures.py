@@ -270,6 +270,14 @@ class CaptureScene(Scene):
             return np.array([0.0, 0.0, 1.0])
         return camera_up(self.c2w_scene[self.train_index])
 
+    def up_direction(self) -> Tuple[float, float, float]:
+        """``scene_up`` (DTU keeps its scan's frame: there the cameras' mean up), or +z when the
+        cameras cannot tell."""
+        try:
+            return tuple(float(x) for x in self.scene_up())
+        except DatasetError:
+            return super().up_direction()
+
     def _predict_split(self) -> SceneSplit:
         eyes = self.c2w_scene[self.train_index, :3, 3]
         up = self.scene_up()

@@ -8,7 +8,7 @@ Validation, test and predict go image by image; each batch says its image's heig
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -21,6 +21,9 @@ from datasets.cameras import camera_rays, pixel_directions, pixel_directions_at
 log = logging.getLogger(__name__)
 
 BACKGROUNDS = {"white": 1.0, "black": 0.0}
+
+#: the splits that are rendered and scored (at 1/dataset.eval_downscale of their size)
+EVAL_SPLITS = ("val", "test")
 
 
 def background_colours(kind: str, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -101,18 +104,45 @@ class RandomRays(IterableDataset):
             yield self.sample(generator)
 
 
+def spread_order(n: int) -> List[int]:
+    """A permutation of range(n) whose every prefix is spread evenly over it (the van der Corput
+    sequence scaled to n, repeats skipped): 0, n/2, n/4, 3n/4, ... So a pass over images in this
+    order that stops early has still seen views from all around the split."""
+    order: List[int] = []
+    seen = set()
+    i = 0
+    while len(order) < n:
+        v, denom, k = 0.0, 1.0, i
+        while k:  # bit-reversed i as a fraction in [0, 1)
+            denom *= 2.0
+            v += (k & 1) / denom
+            k >>= 1
+        index = min(n - 1, int(v * n))
+        if index not in seen:
+            seen.add(index)
+            order.append(index)
+        i += 1
+    return order
+
+
 class ImageRays(Dataset):
     """One whole image per item, at its own size: index, height, width, rays [H*W, 3] and, where
-    there is ground truth, rgb [H*W, 3] and alpha [H*W]."""
+    there is ground truth, rgb [H*W, 3], alpha [H*W] and has_mask (whether alpha is a real
+    foreground mask, see SceneSplit.has_mask). ``order``: the split's image indices in the order
+    items are served (default: in order); each item's ``index`` is the image's own."""
 
-    def __init__(self, split: SceneSplit, background: str):
+    def __init__(self, split: SceneSplit, background: str, order: Optional[Sequence[int]] = None):
         self.split = split
         self.background = background
+        self.order = list(range(len(split))) if order is None else [int(i) for i in order]
+        if sorted(self.order) != list(range(len(split))):
+            raise ValueError(f"order must be a permutation of the split's {len(split)} image indices")
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> Dict[str, Tensor]:
+    def __getitem__(self, position: int) -> Dict[str, Tensor]:
+        index = self.order[position]
         s = self.split
         height, width = s.size(index)
         dirs = pixel_directions(width, height, s.intrinsics[index]).reshape(-1, 3)
@@ -129,6 +159,7 @@ class ImageRays(Dataset):
         if s.pixels_rgb is not None:
             alpha = s.mask(index).reshape(-1)
             item["alpha"] = alpha
+            item["has_mask"] = bool(s.has_mask)
             item["rgb"] = composite(s.image(index).reshape(-1, 3), alpha, item["background"])
         return item
 
@@ -146,8 +177,12 @@ class SceneDataModule(pl.LightningDataModule):
         self.train_dataset: Optional[RandomRays] = None
 
     def split(self, name: str) -> SceneSplit:
+        """The scene's split ``name``; val and test at 1/dataset.eval_downscale of their size."""
         if name not in self.splits:
-            self.splits[name] = self.scene.split(name)  # type: ignore[arg-type]
+            split = self.scene.split(name)  # type: ignore[arg-type]
+            if name in EVAL_SPLITS:
+                split = split.downscaled(self.cfg.eval_downscale)
+            self.splits[name] = split
         return self.splits[name]
 
     def set_train_rays(self, n_rays: int) -> None:
@@ -186,7 +221,11 @@ class SceneDataModule(pl.LightningDataModule):
             )
 
     def _images(self, name: str) -> DataLoader:
-        dataset = ImageRays(self.split(name), self.cfg.eval_background)
+        split = self.split(name)
+        # test images in an order whose every prefix spreads over the views: a test that stops
+        # early (system.test_time_share) still scores views from all around
+        order = spread_order(len(split)) if name == "test" else None
+        dataset = ImageRays(split, self.cfg.eval_background, order=order)
         workers = self.cfg.num_workers
         return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                           persistent_workers=workers > 0)

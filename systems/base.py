@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
@@ -19,7 +20,7 @@ from models.base import BaseModel
 from models.outputs import RenderOutput
 from systems.config import RunContext
 from systems.evaluation import (SplitRecorder, failure_reason, image_grid, image_metrics, render_whole_image,
-                                write_video)
+                                scored_resolution, write_video)
 from systems.export import export_and_score
 from systems.losses import Weight, common_loss_terms, weight_at
 from systems.metrics import load_lpips, psnr, summarize_image_metrics, write_image_metrics
@@ -46,6 +47,11 @@ class BaseSystem(pl.LightningModule):
         self.last_means: Dict[str, Dict[str, float]] = {}  # the latest logged means, by prefix ("val", "test")
         self.trained_steps = 0  # the schedule step of the weights a checkpoint brought (on_load_checkpoint)
         self.schedule_step = 0  # the recipe step of the current training step
+        self.stopped_by_budget = False  # a timed schedule (trainer.max_minutes) ended training
+        self.test_deadline: Optional[float] = None  # time.monotonic() when the test's budget is spent
+        self.test_budget_s = 0.0  # seconds the test may render for (system.test_time_share)
+        self.test_rendered = 0  # test images rendered in this pass (on this process)
+        self.skip_validation = False  # this validation pass renders nothing (see on_validation_start)
 
     # ------------------------------------------------------------------ loss weights
     def loss_weights(self) -> Dict[str, Weight]:
@@ -76,14 +82,20 @@ class BaseSystem(pl.LightningModule):
     def on_validation_start(self) -> None:
         if self.schedule is not None:
             self.schedule.pause()  # validation time is not training time
+        # Lightning validates once more when a run stops early (the time budget); the test that
+        # follows every --train renders the same views, so that pass is skipped unless it was due
+        every = self.trainer.val_check_batch
+        due = every not in (None, float("inf")) and self.global_step % int(every) == 0
+        self.skip_validation = self.trainer.state.fn == "fit" and self.stopped_by_budget and not due
+        if self.skip_validation:
+            log.info("training stopped on its time budget at step %d: no extra validation (the test follows)",
+                     self.global_step)
         self.apply_step_state()
 
     def on_validation_end(self) -> None:
+        self.skip_validation = False
         if self.schedule is not None and self.trainer.training:
             self.schedule.start()
-
-    def on_test_start(self) -> None:
-        self.apply_step_state()
 
     def on_predict_start(self) -> None:
         self.apply_step_state()
@@ -113,6 +125,7 @@ class BaseSystem(pl.LightningModule):
             # the time budget is spent (or the recipe done): the weights stand for the recipe's end
             self.schedule_step = self.schedule.schedule_step(self.global_step)
             self.trainer.should_stop = True
+            self.stopped_by_budget = True
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         """Once per optimizer step; with a time budget, up to the schedule step of now (Lightning
@@ -163,10 +176,12 @@ class BaseSystem(pl.LightningModule):
         grid = image_grid(batch, out, h, w)
         self.recorder.add_image(self.context.save_dir, grid_path.format(index=index), grid)
         metrics = image_metrics(batch, out, h, w, with_lpips=with_lpips, on_skip=self.recorder.skip)
-        self.recorder.add_row(index, metrics)
+        self.recorder.add_row(index, metrics, size=(h, w))
         return index, grid, out
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        if self.skip_validation:
+            return
         try:
             index, grid, _ = self._evaluate_image(batch, f"val/step{self.global_step:07d}/{{index:03d}}.png")
         except Exception as err:  # noqa: BLE001
@@ -180,13 +195,16 @@ class BaseSystem(pl.LightningModule):
             self._tensorboard().add_image(f"val/{index:03d}", grid.permute(2, 0, 1).clamp(0, 1), self.global_step)
 
     def on_validation_epoch_end(self) -> None:
+        if self.skip_validation:
+            return
         self.recorder.write_images(self.context.save_dir)
         rows = self.recorder.gathered_rows()
         skipped = self.skipped_metrics("validation")
+        resolution = scored_resolution(self.recorder.gathered_sizes(), self.context.eval_downscale)
         self.log_means(rows, "val")
         if (rows or skipped) and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             write_image_metrics(self.context.save_dir / f"val/step{self.global_step:07d}/metrics",
-                                summarize_image_metrics(rows), skipped)
+                                summarize_image_metrics(rows), {**skipped, **({"resolution": resolution} if rows else {})})
         self.recorder.reset()
 
     def skipped_metrics(self, split: str) -> Dict[str, str]:
@@ -198,9 +216,23 @@ class BaseSystem(pl.LightningModule):
                 log.warning("%s: skipped for the %s images at step %d: %s", metric, split, self.global_step, reason)
         return {metric: f"skipped: {reason}" for metric, reason in skipped.items()}
 
+    def on_test_start(self) -> None:
+        self.apply_step_state()
+        self.test_deadline = None
+        self.test_rendered = 0
+        share = self.cfg.test_time_share
+        trained_s = self.schedule.training_seconds() if self.schedule is not None else 0.0
+        if share is not None and trained_s > 0:  # (a test without training in this run: every image)
+            self.test_budget_s = share * trained_s
+            self.test_deadline = time.monotonic() + self.test_budget_s
+
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        if self.test_deadline is not None and self.test_rendered > 0 and time.monotonic() >= self.test_deadline:
+            self.recorder.leave_out(int(batch["index"]))  # (the first image is always rendered)
+            return
         index, grid, _ = self._evaluate_image(batch, "test/{index:03d}.png", with_lpips=self.cfg.eval_lpips)
         self.recorder.add_frame(index, grid)
+        self.test_rendered += 1
 
     def on_test_epoch_end(self) -> None:
         """Per-image and mean image metrics (when the split has ground truth), the video, the mesh
@@ -210,7 +242,16 @@ class BaseSystem(pl.LightningModule):
         frames = self.recorder.gathered_frames()
         rows = self.recorder.gathered_rows()
         extra: Dict[str, Any] = dict(self.skipped_metrics("test"))
+        left_out = self.recorder.gathered_left_out()
+        if left_out:
+            reason = (f"the test's time budget (system.test_time_share={self.cfg.test_time_share} of "
+                      f"{self.schedule.training_seconds():.0f} s of training: {self.test_budget_s:.0f} s) was spent "
+                      "before they were rendered")
+            extra["images_not_scored"] = {"indices": left_out, "reason": reason}
+            if self.trainer.is_global_zero:
+                log.warning("test: %d image(s) neither rendered nor scored: %s", len(left_out), reason)
         if rows:
+            extra["resolution"] = scored_resolution(self.recorder.gathered_sizes(), self.context.eval_downscale)
             self.log_means(rows, "test")
             if self.cfg.eval_lpips:
                 _, reason = load_lpips()

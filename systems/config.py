@@ -22,6 +22,8 @@ class RunContext:
     scene_to_world: Tensor  # [4, 4] scene -> input world coordinates
     gt_mesh_path: Optional[str] = None
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    eval_downscale: float = 1.0  # val/test images are rendered at 1/eval_downscale of their loaded size
+    up: Tuple[float, float, float] = (0.0, 0.0, 1.0)  # the scene's up direction (mesh previews show it up)
 
 
 # a loss weight: a number >= 0 or a [[step, value], ...] schedule of them (utils/schedules.py)
@@ -78,6 +80,11 @@ class SystemConfig:
     eval_mesh_region: Optional[List[float]] = checked(length(4, 6), default=None)
     # LPIPS at test time, when the lpips package and its weights are installed (else skipped with a message)
     eval_lpips: bool = True
+    # the test right after training renders images for at most this share of the training time
+    # (null: every image); the images left when it is spent are neither rendered nor scored, and the
+    # metrics files list them. The test visits the views in an order that spreads over the split,
+    # so the scored ones come from all around; the first is always rendered.
+    test_time_share: Optional[float] = checked(positive(), default=None)
 
     def check(self) -> Iterator[Tuple[str, str]]:
         if self.dynamic_ray_sampling and self.train_num_rays_min > self.max_train_num_rays:

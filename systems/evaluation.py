@@ -46,15 +46,20 @@ def image_grid(batch: Dict[str, Any], out: RenderOutput, h: int, w: int) -> Tens
 def image_metrics(batch: Dict[str, Any], out: RenderOutput, h: int, w: int, with_lpips: bool = False,
                   on_skip: Optional[SkipFn] = None) -> Dict[str, float]:
     """PSNR and SSIM (and LPIPS, when asked and available) of a whole rendered image against the
-    batch's ground truth; {} when the batch has none. A metric that cannot be computed (e.g. SSIM
-    of an image smaller than its window) is left out and ``on_skip(name, reason)`` told why
-    (default: a warning)."""
+    batch's ground truth; {} when the batch has none. Where the data has foreground masks
+    (batch["has_mask"]), also ``psnr_masked``: the PSNR over the pixels whose mask is >= 0.5 (as
+    IDR / NeuS score DTU; not for an image without such pixels). A metric that cannot be computed (e.g. SSIM of an image smaller than
+    its window) is left out and ``on_skip(name, reason)`` told why (default: a warning)."""
     if "rgb" not in batch:
         return {}
     on_skip = on_skip or (lambda name, reason: log.warning("%s skipped: %s", name.upper(), reason))
     pred = out.rgb.reshape(h, w, 3).clamp(0, 1)
     gt = batch["rgb"].reshape(h, w, 3)
     metrics = {"psnr": float(psnr(pred, gt))}
+    if batch.get("has_mask", False) and "alpha" in batch:
+        foreground = batch["alpha"].reshape(h, w) >= 0.5
+        if bool(foreground.any()):  # (an image without foreground has none; the mean is over the others)
+            metrics["psnr_masked"] = float(psnr(pred, gt, mask=foreground))
     scorers: Dict[str, Callable] = {"ssim": ssim}
     if with_lpips:
         lpips_fn, _ = load_lpips()
@@ -79,6 +84,8 @@ class SplitRecorder:
         self.rows: List[Dict[str, float]] = []
         self.frames: List[Tuple[int, np.ndarray]] = []  # (image index, frame) for the video
         self.skipped: Dict[str, str] = {}  # metric -> why it could not be computed (the first reason)
+        self.sizes: set = set()  # (height, width) of the images scored
+        self.not_rendered: List[int] = []  # indices of the images left out (a spent time budget)
         self._pending: List[Tuple[str, np.ndarray]] = []
 
     def add_image(self, save_dir: Path, relative: str, img: Tensor) -> None:
@@ -90,9 +97,24 @@ class SplitRecorder:
     def add_frame(self, index: int, img: Tensor) -> None:
         self.frames.append((index, to_uint8(img)))
 
-    def add_row(self, index: int, metrics: Dict[str, float]) -> None:
+    def add_row(self, index: int, metrics: Dict[str, float], size: Optional[Tuple[int, int]] = None) -> None:
+        """The metrics of image ``index``, scored at ``size`` (height, width)."""
         if metrics:
             self.rows.append({"index": index, **metrics})
+            if size is not None:
+                self.sizes.add((int(size[0]), int(size[1])))
+
+    def leave_out(self, index: int) -> None:
+        """Image ``index`` is neither rendered nor scored in this pass."""
+        self.not_rendered.append(int(index))
+
+    def gathered_left_out(self) -> List[int]:
+        """The indices every process left out, sorted (on every process)."""
+        return sorted({i for part in all_gather(list(self.not_rendered)) for i in part})
+
+    def gathered_sizes(self) -> List[Tuple[int, int]]:
+        """The (height, width) sizes the images of every process were scored at, sorted."""
+        return sorted({tuple(x) for part in all_gather(sorted(self.sizes)) for x in part})
 
     def skip(self, metric: str, reason: str) -> None:
         """A metric one image could not be scored with (see image_metrics)."""
@@ -132,6 +154,13 @@ class SplitRecorder:
 
     def reset(self) -> None:
         self.rows, self.frames, self._pending, self.skipped = [], [], [], {}
+        self.sizes, self.not_rendered = set(), []
+
+
+def scored_resolution(sizes: Sequence[Tuple[int, int]], eval_downscale: float) -> Dict[str, Any]:
+    """What the metrics files say about the resolution the images were scored at: the sizes
+    ("WxH", each once) and dataset.eval_downscale (1: the images' loaded size)."""
+    return {"sizes": [f"{w}x{h}" for h, w in sizes], "eval_downscale": float(eval_downscale)}
 
 
 def write_video(frames: Sequence[np.ndarray], path: Path, fps: int, gif: bool = False) -> Path:

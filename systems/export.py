@@ -89,10 +89,12 @@ def _save(mesh: Mesh, save_dir: Path, stem: str, formats: Sequence[str]) -> List
 
 @torch.no_grad()
 def export_mesh(model: BaseModel, cfg: ExportConfig, scene_to_world: Tensor, save_dir: Path, tag: str,
-                tensorboard=None, global_step: Optional[int] = None) -> ExportedMesh:
+                tensorboard=None, global_step: Optional[int] = None,
+                up: Sequence[float] = (0.0, 0.0, 1.0)) -> ExportedMesh:
     """Extract ``model``'s surface and write what export.* asks for (see the module docstring),
     in the input's world frame (``scene_to_world`` [4, 4]) when cfg.world_coordinates.
-    ``tensorboard``: a SummaryWriter for the mesh plugin (optional)."""
+    ``tensorboard``: a SummaryWriter for the mesh plugin (optional); ``up`` [3]: the scene frame's
+    up direction, which the preview shows up."""
     from utils.mesh import bake_texture, save_turntable
     from utils.mesh.preview import add_mesh_to_tensorboard
 
@@ -119,11 +121,11 @@ def export_mesh(model: BaseModel, cfg: ExportConfig, scene_to_world: Tensor, sav
     finally:
         model.train(was_training)
     if cfg.preview.enabled:
-        # in the scene frame, whose +z is up for every loader that normalizes the scene
+        # in the scene frame (+z is up for every loader that normalizes the scene; DTU says its own)
         t0 = time.perf_counter()
         stem = Path(save_dir) / f"mesh_{tag}_preview"
         save_turntable(shown, image_path=stem.with_suffix(".png"), video_path=stem.with_suffix(".mp4"),
-                       n_frames=cfg.preview.frames, size=cfg.preview.size)
+                       n_frames=cfg.preview.frames, size=cfg.preview.size, up=up)
         result.preview_paths = [stem.with_suffix(".png"), stem.with_suffix(".mp4")]
         log.info("mesh preview: %s (+ .mp4) in %.1f s", result.preview_paths[0], time.perf_counter() - t0)
         if cfg.preview.tensorboard and tensorboard is not None:
@@ -161,7 +163,7 @@ def export_and_score(model: BaseModel, context, system_cfg, tensorboard=None, st
     extracted or written, or not scored (the other test outputs are written all the same)."""
     try:
         exported = export_mesh(model, context.export, context.scene_to_world, context.save_dir, f"step{step:07d}",
-                               tensorboard=tensorboard, global_step=step)
+                               tensorboard=tensorboard, global_step=step, up=context.up)
     except Exception as err:  # noqa: BLE001 (an empty surface, too little memory, a full disk...)
         reason = mesh_failure(err)
         log.error("mesh export failed: %s; the other test outputs are written", reason)

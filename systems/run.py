@@ -280,7 +280,8 @@ def execute(action: str, cfg: ExperimentConfig, parts, run_paths, checkpoint: Op
             system.model.eval()
             system.apply_step_state()  # (outside Lightning: the checkpoint's step-dependent state)
             try:
-                export_mesh(system.model, cfg.export, parts.scene.scene_to_world, run_paths.save_dir, tag="export")
+                export_mesh(system.model, cfg.export, parts.scene.scene_to_world, run_paths.save_dir, tag="export",
+                            up=parts.scene.up_direction())
             except (ValueError, RuntimeError, MemoryError) as err:  # an empty surface, too little memory...
                 raise RunError(f"export: {mesh_failure(err)}") from err
     except (DatasetError, CheckpointError) as err:

@@ -411,6 +411,17 @@ def test_predict_orbit_and_holdout(colmap_dir):
     assert float((pred.c2w[:, :, 2] * -torch.nn.functional.normalize(eye, dim=-1)).sum(-1).min()) > 0.99
 
 
+def test_up_direction_is_what_the_mesh_preview_shows_up(dtu_dir, colmap_dir):
+    # DTU keeps the scan's frame (here frame A, whose up is +z, seen through the cameras' up vectors)
+    scene = load(DTUScene, dtu_dir.root)
+    dtu_up = np.asarray(scene.up_direction())
+    cameras_up = -scene.load_split("train").c2w[:, :, 1].sum(0).double().numpy()  # OpenCV: up is -y
+    assert np.allclose(dtu_up, cameras_up / np.linalg.norm(cameras_up), atol=1e-5)
+    assert dtu_up @ np.array([0.0, 0.0, 1.0]) > 0.95
+    # a normalized capture is turned so that up is +z
+    assert np.allclose(load(ColmapScene, colmap_dir.root).up_direction(), (0.0, 0.0, 1.0))
+
+
 # --------------------------------------------------------------------------- imgs2poses
 def test_imgs2poses_checks_arguments(tmp_path):
     from scripts.imgs2poses import SfMError, main, run_sfm

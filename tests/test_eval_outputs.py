@@ -138,7 +138,7 @@ def test_test_run_writes_per_image_json_and_csv(tmp_path, tiny_scene_dir, fake_l
         table = list(csv.DictReader(f))
     n = TINY_SCENE["n_test"]
     assert [r["index"] for r in table] == [str(i) for i in range(n)] + ["mean"]
-    assert set(table[0]) == {"index", "psnr", "ssim", "lpips"}
+    assert set(table[0]) == {"index", "psnr", "psnr_masked", "ssim", "lpips"}  # (the scene has masks)
     assert data["n_images"] == n and [r["index"] for r in data["per_image"]] == list(range(n))
     for key in ("psnr", "ssim", "lpips"):
         values = np.array([float(r[key]) for r in table[:n]])
@@ -186,7 +186,7 @@ def test_test_run_without_lpips_says_why(tmp_path, tiny_scene_dir, no_lpips, cap
         save = launch_run(tmp_path, tiny_scene_dir, "--test", "system.export_mesh_at_test=false")
     (json_path,) = save.glob("test_metrics_step*.json")
     data = json.loads(json_path.read_text())
-    assert set(data["mean"]) == {"psnr", "ssim"}
+    assert set(data["mean"]) == {"psnr", "psnr_masked", "ssim"}
     assert data["lpips"].startswith("skipped: the 'lpips' package is not installed")
     assert sum("LPIPS skipped" in r.getMessage() for r in caplog.records) == 1
     assert "geometry" not in data

@@ -98,3 +98,18 @@ def test_export_decimates_the_full_mesh_when_asked(tmp_path):
     out = export_mesh(SphereModel(), export_config(max_faces=500, texture={"enabled": False},
                                                    preview={"enabled": False}), SCENE_TO_WORLD, tmp_path, "t")
     assert 0 < out.faces <= 500 and load_mesh(out.mesh_paths[0]).num_faces == out.faces
+
+
+def test_preview_shows_the_scenes_up_direction_up(tmp_path, monkeypatch):
+    import utils.mesh
+
+    seen = {}
+
+    def spy(mesh, up=(0.0, 0.0, 1.0), **kw):
+        seen["up"] = tuple(up)
+        return []
+
+    monkeypatch.setattr(utils.mesh, "save_turntable", spy)
+    export_mesh(SphereModel(), export_config(texture={"enabled": False}), SCENE_TO_WORLD, tmp_path, "t",
+                up=(0.0, -1.0, 0.0))
+    assert seen["up"] == (0.0, -1.0, 0.0)

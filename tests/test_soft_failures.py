@@ -64,10 +64,10 @@ def test_a_metric_that_cannot_be_computed_is_skipped_with_a_warning(tmp_path, ti
         assert train_neus(tmp_path, tiny_scene_dir, "system.export_mesh_at_test=false") == 0
     save = the_run(tmp_path) / "save"
     val = json.loads((save / "val" / "step0000002" / "metrics.json").read_text())
-    assert set(val["mean"]) == {"psnr"} and val["n_images"] == TINY_SCENE["n_val"]
+    assert set(val["mean"]) == {"psnr", "psnr_masked"} and val["n_images"] == TINY_SCENE["n_val"]
     assert val["ssim"] == "skipped: ssim needs images of at least 64x64 pixels, got 24x24"
     test = json.loads((save / "test_metrics_step0000002.json").read_text())
-    assert set(test["mean"]) == {"psnr"} and test["ssim"].startswith("skipped: ssim needs images")
+    assert set(test["mean"]) == {"psnr", "psnr_masked"} and test["ssim"].startswith("skipped: ssim needs images")
     warnings = [r.getMessage() for r in caplog.records if "ssim: skipped" in r.getMessage()]
     assert len(warnings) == 2  # once per pass (validation, test), not once per image
     assert (the_run(tmp_path) / "ckpt" / "last.ckpt").is_file()
@@ -103,7 +103,7 @@ def test_empty_surface_after_a_short_nerf_run_still_writes_the_test_outputs(tmp_
     save = root / "save"
     metrics = json.loads(next(save.glob("test_metrics_step*.json")).read_text())
     assert metrics["mesh"].startswith("skipped: no surface to extract")
-    assert set(metrics["mean"]) == {"psnr", "ssim"} and metrics["n_images"] == TINY_SCENE["n_test"]
+    assert set(metrics["mean"]) == {"psnr", "psnr_masked", "ssim"} and metrics["n_images"] == TINY_SCENE["n_test"]
     assert next(save.glob("test_metrics_step*.csv")).is_file()
     assert len(list((save / "test").glob("*.png"))) == TINY_SCENE["n_test"]
     assert not list(save.glob("mesh_*"))
