@@ -18,8 +18,7 @@ except ImportError:
 SIZES = [(30, 22), (28, 24), (32, 20), (26, 26), (30, 21)]
 # small fields and few samples: the presets' data path, not their learning, is under test
 QUICK = [*TINY_RUN, "trainer.max_steps=4", "trainer.val_check_interval=2", "dataset.img_downscale=null",
-         "dataset.max_images_test=3", "model.num_samples_per_ray=64", "export.resolution=32",
-         "system.test_time_share=null"]  # every test view, however short the training (the CPU profile caps it)
+         "dataset.max_images_test=3", "model.num_samples_per_ray=64", "export.resolution=32"]
 SMALL_BACKGROUND = ["model.background.n_samples=4", "model.background.geometry.xyz_encoding.n_levels=4",
                     "model.background.geometry.xyz_encoding.log2_hashmap_size=12"]
 SMALL_FIELD = {

@@ -19,7 +19,7 @@ FEW_STEPS = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.ena
              "checkpoint.every_n_train_steps=1000", "export.resolution=32", "system.eval_mesh_points=500",
              "system.train_num_rays=64", "system.max_train_num_rays=256", "model.grid.resolution=16",
              "model.num_samples_per_ray=64", "dataset.n_predict_views=2", "system.save_video=false",
-             "system.eval_lpips=false"]
+             "system.eval_lpips=false", "system.test_time_share=null"]
 
 
 def synthetic(scene_dir):
