@@ -147,3 +147,28 @@ def test_a_budgeted_run_stretches_its_schedules_over_the_time(tmp_path, tiny_sce
     assert list((run / "save").glob("test_metrics_step*.json"))  # then tested as usual
     saved = OmegaConf.load(run / "config" / "parsed.yaml")
     assert saved.trainer.max_minutes == 0.1 and saved.profile == "none"  # the main job applies no profile
+
+
+def test_progress_line_counts_down_the_time_budget(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from utils.callbacks import ConsoleProgress
+
+    now = [100.0]
+    schedule = TrainingSchedule(max_steps=2000, max_minutes=2.0, clock=lambda: now[0])
+    schedule.start()
+    progress = ConsoleProgress(every_s=1.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("utils.callbacks.time.monotonic", lambda: now[0])
+        progress.on_train_start(None, None)
+        now[0] += 30.0  # 100 of 2000 steps in 30 s: the steps alone would take 570 s more
+        trainer = SimpleNamespace(global_step=100, max_steps=2000, is_global_zero=True, progress_bar_metrics={})
+        with caplog.at_level(logging.INFO):
+            progress.on_train_batch_end(trainer, SimpleNamespace(schedule=schedule), None, None, 0)
+            progress.on_train_batch_end(trainer, SimpleNamespace(schedule=None), None, None, 0)  # too soon: nothing
+            now[0] += 2.0
+            progress.on_train_batch_end(trainer, SimpleNamespace(schedule=None), None, None, 0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert "~90s left" in lines[0]  # the budget's 120 s less the 30 spent
+    assert len(lines) == 2 and "~608s left" in lines[1]  # no budget: 32 s per 100 steps, 1900 to go

@@ -289,7 +289,8 @@ class NonFiniteStepGuard(Callback):
 
 class ConsoleProgress(Callback):
     """One log line every ``every_s`` seconds during training (for logs and non-interactive runs,
-    where a progress bar is off or unreadable): step, elapsed, ETA and the progress-bar metrics."""
+    where a progress bar is off or unreadable): step, elapsed, ETA and the progress-bar metrics.
+    The ETA is the sooner of the steps left at the pace so far and a time budget's rest."""
 
     def __init__(self, every_s: float = 15.0) -> None:
         self.every_s = every_s
@@ -307,6 +308,9 @@ class ConsoleProgress(Callback):
         step, total = trainer.global_step, trainer.max_steps
         elapsed = now - self._start
         eta = elapsed / max(step, 1) * max(total - step, 0)
+        schedule = getattr(pl_module, "schedule", None)
+        if schedule is not None and schedule.timed:  # trainer.max_minutes may end training first
+            eta = min(eta, max(schedule.budget_s - schedule.training_seconds(), 0.0))
         metrics = trainer.progress_bar_metrics
         shown = " ".join(f"{k.split('/')[-1]}={float(v):.4g}" for k, v in metrics.items() if not k.startswith("val/"))
         log.info("step %d/%d  %.0fs elapsed, ~%.0fs left  %s", step, total, elapsed, eta, shown)
