@@ -1,16 +1,16 @@
-"""What NeuS and NeRF systems share: the Lightning hooks of a run (training, validation, test and
-predict steps), the weighting of the loss terms, and the optimizers.
+"""What NeuS and NeRF systems share in training: the Lightning hooks of a training step, the
+time budget's clock, the weighting of the loss terms, and the optimizers.
 
-The jobs around them live elsewhere: the ray budget and the NaN/inf step guard are callbacks
-(systems/ray_budget.py, utils/callbacks.py), evaluation outputs are recorded by
-systems/evaluation.py, meshes come from systems/export.py, and systems/build.py puts it all together.
+The jobs around them live elsewhere: the validation, test and predict hooks are a mixin
+(systems/evaluation_hooks.py) over systems/evaluation.py's helpers; the ray budget and the NaN/inf
+step guard are callbacks (systems/ray_budget.py, utils/callbacks.py); meshes come from
+systems/export.py, and systems/build.py puts it all together.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -19,18 +19,17 @@ from torch import Tensor
 from models.base import BaseModel
 from models.outputs import RenderOutput
 from systems.config import RunContext
-from systems.evaluation import (SplitRecorder, failure_reason, image_grid, image_metrics, render_whole_image,
-                                scored_resolution, write_video)
-from systems.export import export_and_score
+from systems.evaluation import SplitRecorder
+from systems.evaluation_hooks import EvaluationHooks
 from systems.losses import Weight, common_loss_terms, weight_at
-from systems.metrics import load_lpips, psnr, summarize_image_metrics, write_image_metrics
+from systems.metrics import psnr
 from systems.optim import make_optimizer, make_scheduler
 from systems.schedule import TrainingSchedule
 
 log = logging.getLogger(__name__)
 
 
-class BaseSystem(pl.LightningModule):
+class BaseSystem(EvaluationHooks, pl.LightningModule):
     """``schedule`` says which recipe step each training step stands for (systems/schedule.py);
     every step-based schedule (learning rate, loss weights, the model's) follows it."""
 
@@ -48,9 +47,6 @@ class BaseSystem(pl.LightningModule):
         self.trained_steps = 0  # the schedule step of the weights a checkpoint brought (on_load_checkpoint)
         self.schedule_step = 0  # the recipe step of the current training step
         self.stopped_by_budget = False  # a timed schedule (trainer.max_minutes) ended training
-        self.test_deadline: Optional[float] = None  # time.monotonic() when the test's budget is spent
-        self.test_budget_s = 0.0  # seconds the test may render for (system.test_time_share)
-        self.test_rendered = 0  # test images rendered in this pass (on this process)
         self.skip_validation = False  # this validation pass renders nothing (see on_validation_start)
 
     # ------------------------------------------------------------------ loss weights
@@ -96,9 +92,6 @@ class BaseSystem(pl.LightningModule):
         self.skip_validation = False
         if self.schedule is not None and self.trainer.training:
             self.schedule.start()
-
-    def on_predict_start(self) -> None:
-        self.apply_step_state()
 
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:
@@ -163,147 +156,6 @@ class BaseSystem(pl.LightningModule):
         """Loss terms (unweighted) by name; a term is computed only when its weight can be non-zero.
         These are the terms every system has (systems/losses.py); NeuS adds its SDF's."""
         return common_loss_terms(self.cfg.loss, batch, out, self.model)
-
-    # ------------------------------------------------------------------ evaluation
-    def render_image(self, batch: Dict[str, Any]) -> RenderOutput:
-        """The rays of one whole image, rendered in chunks (see systems.evaluation.render_whole_image)."""
-        return render_whole_image(self.model, batch)
-
-    def _evaluate_image(self, batch: Dict[str, Any], grid_path: str, with_lpips: bool = False):
-        """Render one whole image, save its grid (at ``grid_path`` under save/) -> (index, grid, metrics)."""
-        h, w, index = int(batch["height"]), int(batch["width"]), int(batch["index"])
-        out = self.render_image(batch)
-        grid = image_grid(batch, out, h, w)
-        self.recorder.add_image(self.context.save_dir, grid_path.format(index=index), grid)
-        metrics = image_metrics(batch, out, h, w, with_lpips=with_lpips, on_skip=self.recorder.skip)
-        self.recorder.add_row(index, metrics, size=(h, w))
-        return index, grid, out
-
-    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        if self.skip_validation:
-            return
-        try:
-            index, grid, _ = self._evaluate_image(batch, f"val/step{self.global_step:07d}/{{index:03d}}.png")
-        except Exception as err:  # noqa: BLE001
-            # while training, an image that cannot be validated is skipped (said once per pass):
-            # the run goes on; a full disk (OSError) or a --validate run still stop
-            if isinstance(err, OSError) or self.trainer.state.fn != "fit":
-                raise
-            self.recorder.skip("rendering", failure_reason(err))
-            return
-        if batch_idx < self.cfg.log_val_images and self._tensorboard() is not None:
-            self._tensorboard().add_image(f"val/{index:03d}", grid.permute(2, 0, 1).clamp(0, 1), self.global_step)
-
-    def on_validation_epoch_end(self) -> None:
-        if self.skip_validation:
-            return
-        self.recorder.write_images(self.context.save_dir)
-        rows = self.recorder.gathered_rows()
-        skipped = self.skipped_metrics("validation")
-        resolution = scored_resolution(self.recorder.gathered_sizes(), self.context.eval_downscale)
-        self.log_means(rows, "val")
-        if (rows or skipped) and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            write_image_metrics(self.context.save_dir / f"val/step{self.global_step:07d}/metrics",
-                                summarize_image_metrics(rows), {**skipped, **({"resolution": resolution} if rows else {})})
-        self.recorder.reset()
-
-    def skipped_metrics(self, split: str) -> Dict[str, str]:
-        """{metric: "skipped: <reason>"} for the metrics this pass could not compute, each said once
-        in the log (the metrics files record them the same way)."""
-        skipped = self.recorder.gathered_skips()
-        if self.trainer.is_global_zero:
-            for metric, reason in skipped.items():
-                log.warning("%s: skipped for the %s images at step %d: %s", metric, split, self.global_step, reason)
-        return {metric: f"skipped: {reason}" for metric, reason in skipped.items()}
-
-    def on_test_start(self) -> None:
-        self.apply_step_state()
-        self.test_deadline = None
-        self.test_rendered = 0
-        share = self.cfg.test_time_share
-        trained_s = self.schedule.training_seconds() if self.schedule is not None else 0.0
-        if share is not None and trained_s > 0:  # (a test without training in this run: every image)
-            self.test_budget_s = share * trained_s
-            self.test_deadline = time.monotonic() + self.test_budget_s
-
-    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        if self.test_deadline is not None and self.test_rendered > 0 and time.monotonic() >= self.test_deadline:
-            self.recorder.leave_out(int(batch["index"]))  # (the first image is always rendered)
-            return
-        index, grid, _ = self._evaluate_image(batch, "test/{index:03d}.png", with_lpips=self.cfg.eval_lpips)
-        self.recorder.add_frame(index, grid)
-        self.test_rendered += 1
-
-    def on_test_epoch_end(self) -> None:
-        """Per-image and mean image metrics (when the split has ground truth), the video, the mesh
-        and its geometry metrics (when the scene has a ground-truth surface), written to
-        save/test_metrics_stepN.json and .csv (per image + mean)."""
-        self.recorder.write_images(self.context.save_dir)
-        frames = self.recorder.gathered_frames()
-        rows = self.recorder.gathered_rows()
-        extra: Dict[str, Any] = dict(self.skipped_metrics("test"))
-        left_out = self.recorder.gathered_left_out()
-        if left_out:
-            reason = (f"the test's time budget (system.test_time_share={self.cfg.test_time_share} of "
-                      f"{self.schedule.training_seconds():.0f} s of training: {self.test_budget_s:.0f} s) was spent "
-                      "before they were rendered")
-            extra["images_not_scored"] = {"indices": left_out, "reason": reason}
-            if self.trainer.is_global_zero:
-                log.warning("test: %d image(s) neither rendered nor scored: %s", len(left_out), reason)
-        if rows:
-            extra["resolution"] = scored_resolution(self.recorder.gathered_sizes(), self.context.eval_downscale)
-            self.log_means(rows, "test")
-            if self.cfg.eval_lpips:
-                _, reason = load_lpips()
-                if reason is not None:
-                    extra["lpips"] = f"skipped: {reason}"  # (load_lpips says so once in the log)
-        else:
-            extra["image_metrics"] = "skipped: the test split has no ground truth"
-            log.info("the test split has no ground truth: image metrics skipped")
-        if self.trainer.is_global_zero:
-            self._write_video(frames, "test")
-            if self.cfg.export_mesh_at_test:
-                extra.update(export_and_score(self.model, self.context, self.cfg, self._tensorboard(), self.global_step))
-            json_path, csv_path = write_image_metrics(
-                self.context.save_dir / f"test_metrics_step{self.global_step:07d}", summarize_image_metrics(rows), extra)
-            log.info("test metrics: %s%s", json_path, f" and {csv_path.name}" if csv_path else "")
-        self.recorder.reset()
-
-    def predict_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        h, w, index = int(batch["height"]), int(batch["width"]), int(batch["index"])
-        rgb = self.render_image(batch).rgb.reshape(h, w, 3)
-        self.recorder.add_image(self.context.save_dir, f"predict/{index:03d}.png", rgb)
-        self.recorder.add_frame(index, rgb)
-
-    def on_predict_epoch_end(self) -> None:
-        self.recorder.write_images(self.context.save_dir)
-        frames = self.recorder.gathered_frames()
-        if self.trainer.is_global_zero:
-            self._write_video(frames, "predict")
-        self.recorder.reset()
-
-    def log_means(self, rows: List[Dict[str, float]], prefix: str) -> Dict[str, float]:
-        """Mean of per-image metric rows (each image once, gathered from every process), logged
-        as ``<prefix>/<metric>``; every process logs the same values."""
-        keys = sorted({k for o in rows for k in o if k != "index"})
-        means: Dict[str, float] = {}
-        for key in keys:
-            values = [float(o[key]) for o in rows if key in o]
-            if values:
-                means[key] = sum(values) / len(values)
-                # equal on all ranks already: a max over them keeps the value exact (and Lightning quiet)
-                self.log(f"{prefix}/{key}", means[key], prog_bar=prefix == "val", sync_dist=True, reduce_fx="max")
-        self.last_means[prefix] = means
-        return means
-
-    def _write_video(self, frames: list, name: str) -> None:
-        if frames and self.cfg.save_video:
-            write_video(frames, self.context.save_dir / f"{name}_step{self.global_step:07d}.mp4", self.cfg.video_fps,
-                        self.cfg.save_gif)
-
-    def _tensorboard(self):
-        """The TensorBoard SummaryWriter of the run's logger, or None."""
-        return self.logger.experiment if self.logger is not None and hasattr(self.logger, "experiment") else None
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):

@@ -172,3 +172,21 @@ def test_a_run_stopped_by_its_time_budget_is_not_validated_again(tmp_path, tiny_
     assert not (root / "save" / "val").exists()  # no validation: the test follows at once
     assert list((root / "save").glob("test_metrics_step*.json"))
     assert (root / "ckpt" / "last.ckpt").is_file()
+
+
+def test_test_budget_renders_the_first_image_then_only_while_time_is_left():
+    from systems.evaluation_hooks import TestBudget
+
+    now = [0.0]
+    budget = TestBudget(0.2, trained_s=100.0, clock=lambda: now[0])  # 20 s of rendering
+    now[0] = 50.0
+    assert budget.allows_another()  # the first image, however late
+    budget.rendered = 1
+    assert not budget.allows_another()
+    now[0] = 10.0
+    assert budget.allows_another()
+    assert "system.test_time_share=0.2 of 100 s of training: 20 s" in budget.reason()
+    # no share, or no training in this run (a --test of a checkpoint): every image
+    for unlimited in (TestBudget(None, 100.0, clock=lambda: 1e9), TestBudget(0.2, 0.0, clock=lambda: 1e9)):
+        unlimited.rendered = 5
+        assert unlimited.allows_another()
