@@ -240,18 +240,29 @@ class _GridGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
-        x, table = ctx.saved_tensors
-        g_feat = grads[0]
-        g_jac = grads[1] if ctx.with_jac else None
-        need_x, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        x, table, g_feat, g_jac, need_x, need_t = backward_inputs(ctx, grads)
         if g_feat is None and g_jac is None:
             gx = gt = None
-        elif torch.is_grad_enabled() or (need_x and g_jac is not None):
+        elif needs_reference_backward(g_jac, need_x):
             gx, gt = _backward_reference(ctx, x, table, g_feat, g_jac, need_x, need_t)
         else:
             gx, gt = _backward_fast(ctx, x, table, g_feat, g_jac, need_x, need_t)
         ctx.stored = None
         return gx, gt, None, None, None, None
+
+
+def backward_inputs(ctx, grads):
+    """What a grid-gather autograd function's backward works from (forward saved x and table and
+    set ctx.with_jac): (x, table, g_feat, g_jac or None, need_x, need_t)."""
+    x, table = ctx.saved_tensors
+    g_jac = grads[1] if ctx.with_jac else None
+    return x, table, grads[0], g_jac, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+
+
+def needs_reference_backward(g_jac, need_x: bool) -> bool:
+    """Whether the backward must go through the differentiable PyTorch reference: when it is
+    itself differentiated (create_graph), or for x's gradient of a jacobian (second order)."""
+    return torch.is_grad_enabled() or (need_x and g_jac is not None)
 
 
 def _backward_reference(ctx, x, table, g_feat, g_jac, need_x, need_t):

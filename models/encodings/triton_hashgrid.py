@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from models.encodings.gather import _backward_reference
+from models.encodings.gather import _backward_reference, backward_inputs, needs_reference_backward
 from models.encodings.hashgrid_layout import HashGridSampler, hash_grid_levels
 
 # points per program (a multiple of the 32-thread warp; 128 keeps the 8 corners' registers in
@@ -66,6 +66,27 @@ def _axis(xr, scale, SMOOTH: tl.constexpr):
 
 
 @triton.jit
+def _level(level, scale_ptr, offset_ptr, size_ptr, res_ptr, hashed_ptr):
+    """One level's lattice scale, table offset and size, resolution and whether it is hashed."""
+    scale = tl.load(scale_ptr + level)
+    offset = tl.load(offset_ptr + level).to(tl.int64)
+    size = tl.load(size_ptr + level).to(tl.int64)
+    res = tl.load(res_ptr + level).to(tl.int64)
+    hashed = tl.load(hashed_ptr + level) != 0
+    return scale, offset, size, res, hashed
+
+
+@triton.jit
+def _corner(UPPER: tl.constexpr, g, s, d):
+    """Along one axis, a corner's lattice coordinate, its interpolation weight and the weight's
+    derivative: the upper vertex (g + 1, s, ds) when UPPER, else the lower (g, 1 - s, -ds)."""
+    if UPPER:
+        return g + 1, s, d
+    else:
+        return g, 1.0 - s, -d
+
+
+@triton.jit
 def _row(c0, c1, c2, res, size, hashed, offset):
     """Table row of lattice vertex (c0, c1, c2) [BLOCK] int64: dense index (wrapping at the level
     size, as tiny-cuda-nn) or the coherent prime hash (low bits of the products, which is what
@@ -86,11 +107,7 @@ def _forward_kernel(
     n = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     m = n < N
     f = tl.arange(0, F)
-    scale = tl.load(scale_ptr + level)
-    offset = tl.load(offset_ptr + level).to(tl.int64)
-    size = tl.load(size_ptr + level).to(tl.int64)
-    res = tl.load(res_ptr + level).to(tl.int64)
-    hashed = tl.load(hashed_ptr + level) != 0
+    scale, offset, size, res, hashed = _level(level, scale_ptr, offset_ptr, size_ptr, res_ptr, hashed_ptr)
     g0, s0, d0 = _axis(tl.load(x_ptr + n * 3 + 0, mask=m, other=0.0), scale, SMOOTH)
     g1, s1, d1 = _axis(tl.load(x_ptr + n * 3 + 1, mask=m, other=0.0), scale, SMOOTH)
     g2, s2, d2 = _axis(tl.load(x_ptr + n * 3 + 2, mask=m, other=0.0), scale, SMOOTH)
@@ -100,18 +117,9 @@ def _forward_kernel(
     j2 = tl.zeros((BLOCK, F), dtype=tl.float32)
     # corner c: upper along dimension d when bit 2 - d of c is set (as nlinear_weights orders them)
     for c in tl.static_range(8):
-        if (c >> 2) & 1:
-            c0, w0, v0 = g0 + 1, s0, d0
-        else:
-            c0, w0, v0 = g0, 1.0 - s0, -d0
-        if (c >> 1) & 1:
-            c1, w1, v1 = g1 + 1, s1, d1
-        else:
-            c1, w1, v1 = g1, 1.0 - s1, -d1
-        if c & 1:
-            c2, w2, v2 = g2 + 1, s2, d2
-        else:
-            c2, w2, v2 = g2, 1.0 - s2, -d2
+        c0, w0, v0 = _corner((c >> 2) & 1, g0, s0, d0)
+        c1, w1, v1 = _corner((c >> 1) & 1, g1, s1, d1)
+        c2, w2, v2 = _corner(c & 1, g2, s2, d2)
         row = _row(c0, c1, c2, res, size, hashed, offset)
         vals = tl.load(table_ptr + row[:, None] * F + f[None, :], mask=m[:, None], other=0.0)
         acc += (w0 * w1 * w2)[:, None] * vals
@@ -141,11 +149,7 @@ def _backward_kernel(
     n = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     m = n < N
     f = tl.arange(0, F)
-    scale = tl.load(scale_ptr + level)
-    offset = tl.load(offset_ptr + level).to(tl.int64)
-    size = tl.load(size_ptr + level).to(tl.int64)
-    res = tl.load(res_ptr + level).to(tl.int64)
-    hashed = tl.load(hashed_ptr + level) != 0
+    scale, offset, size, res, hashed = _level(level, scale_ptr, offset_ptr, size_ptr, res_ptr, hashed_ptr)
     g0, s0, d0 = _axis(tl.load(x_ptr + n * 3 + 0, mask=m, other=0.0), scale, SMOOTH)
     g1, s1, d1 = _axis(tl.load(x_ptr + n * 3 + 1, mask=m, other=0.0), scale, SMOOTH)
     g2, s2, d2 = _axis(tl.load(x_ptr + n * 3 + 2, mask=m, other=0.0), scale, SMOOTH)
@@ -166,18 +170,9 @@ def _backward_kernel(
     gx1 = tl.zeros((BLOCK,), dtype=tl.float32)
     gx2 = tl.zeros((BLOCK,), dtype=tl.float32)
     for c in tl.static_range(8):
-        if (c >> 2) & 1:
-            c0, w0, v0 = g0 + 1, s0, d0
-        else:
-            c0, w0, v0 = g0, 1.0 - s0, -d0
-        if (c >> 1) & 1:
-            c1, w1, v1 = g1 + 1, s1, d1
-        else:
-            c1, w1, v1 = g1, 1.0 - s1, -d1
-        if c & 1:
-            c2, w2, v2 = g2 + 1, s2, d2
-        else:
-            c2, w2, v2 = g2, 1.0 - s2, -d2
+        c0, w0, v0 = _corner((c >> 2) & 1, g0, s0, d0)
+        c1, w1, v1 = _corner((c >> 1) & 1, g1, s1, d1)
+        c2, w2, v2 = _corner(c & 1, g2, s2, d2)
         row = _row(c0, c1, c2, res, size, hashed, offset)
         rows = row[:, None] * F + f[None, :]
         if NEED_TABLE:
@@ -224,13 +219,10 @@ class _HashGridKernel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
-        x, table = ctx.saved_tensors
-        g_feat = grads[0]
-        g_jac = grads[1] if ctx.with_jac else None
-        need_x, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        x, table, g_feat, g_jac, need_x, need_t = backward_inputs(ctx, grads)
         if g_feat is None and g_jac is None:
             return None, None, None, None, None
-        if torch.is_grad_enabled() or (need_x and g_jac is not None):
+        if needs_reference_backward(g_jac, need_x):
             gx, gt = _backward_reference(ctx, x, table, g_feat, g_jac, need_x, need_t)
             return gx, gt, None, None, None
         xk = x.detach().to(torch.float32).contiguous()
