@@ -313,6 +313,18 @@ def downscaled_size(height: int, width: int, factor: float) -> Tuple[int, int]:
     return (max(1, int(math.floor(height / factor + 0.5))), max(1, int(math.floor(width / factor + 0.5))))
 
 
+def eval_downscale_factor(sizes: Sequence[Tuple[int, int]], eval_downscale: float,
+                          eval_max_pixels: Optional[int]) -> float:
+    """The factor a val/test split of images of ``sizes`` ((height, width) each) is shrunk by:
+    dataset.eval_downscale, raised where needed so that its largest image, shrunk, has at most
+    ``eval_max_pixels`` pixels (None: no cap)."""
+    factor = float(eval_downscale)
+    if eval_max_pixels is not None and len(sizes):
+        largest = max(int(h) * int(w) for h, w in sizes)
+        factor = max(factor, math.sqrt(largest / eval_max_pixels))
+    return factor
+
+
 #: a warning when resizing leaves an image's shorter side below this many pixels
 SMALL_IMAGE_SIDE = 64
 

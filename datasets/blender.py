@@ -64,6 +64,9 @@ class RayDataConfig:
     # render and score the val and test images at 1/eval_downscale of their loaded size (each
     # image's ground truth area-averaged, its intrinsics scaled); the metrics files say the size
     eval_downscale: float = checked(at_least(1), default=1.0)
+    # ... and further, one factor per split, until its largest image has at most this many pixels
+    # (None: no cap). A CPU's test budget then covers every view of a capture of large photos.
+    eval_max_pixels: Optional[int] = checked(at_least(1), default=None)
 
 
 def image_size_problems(cfg: Any) -> Iterator[Tuple[str, str]]:

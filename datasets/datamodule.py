@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from datasets.base import Scene, SceneSplit
+from datasets.base import Scene, SceneSplit, eval_downscale_factor
 from datasets.cameras import camera_rays, pixel_directions, pixel_directions_at
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,13 @@ class SceneDataModule(pl.LightningDataModule):
         self.train_dataset: Optional[RandomRays] = None
 
     def split(self, name: str) -> SceneSplit:
-        """The scene's split ``name``; val and test at 1/dataset.eval_downscale of their size."""
+        """The scene's split ``name``; val and test at 1/dataset.eval_downscale of their size (or
+        less, see dataset.eval_max_pixels)."""
         if name not in self.splits:
             split = self.scene.split(name)  # type: ignore[arg-type]
             if name in EVAL_SPLITS:
-                split = split.downscaled(self.cfg.eval_downscale)
+                split = split.downscaled(eval_downscale_factor(split.sizes.tolist(), self.cfg.eval_downscale,
+                                                               self.cfg.eval_max_pixels))
             self.splits[name] = split
         return self.splits[name]
 

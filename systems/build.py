@@ -251,7 +251,8 @@ def build_run(cfg: ExperimentConfig, run_paths: RunPaths, action: str = "train",
     check_run_data(cfg, scene, action)  # (nothing left to do when the caller checked already)
     context = RunContext(save_dir=run_paths.save_dir, scene_to_world=scene.scene_to_world,
                          gt_mesh_path=scene.gt_mesh_path, export=cfg.export,
-                         eval_downscale=float(cfg.dataset.eval_downscale), up=scene.up_direction())
+                         eval_downscale=float(cfg.dataset.eval_downscale),
+                         eval_max_pixels=cfg.dataset.eval_max_pixels, up=scene.up_direction())
     system = build_system(cfg, context)
     datamodule = datamodule if datamodule is not None else build_datamodule(cfg, scene)
     if action == "train":

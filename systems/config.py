@@ -23,6 +23,7 @@ class RunContext:
     gt_mesh_path: Optional[str] = None
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     eval_downscale: float = 1.0  # val/test images are rendered at 1/eval_downscale of their loaded size
+    eval_max_pixels: Optional[int] = None  # ... or less, down to this many pixels for the largest
     up: Tuple[float, float, float] = (0.0, 0.0, 1.0)  # the scene's up direction (mesh previews show it up)
 
 

@@ -157,10 +157,15 @@ class SplitRecorder:
         self.sizes, self.not_rendered = set(), []
 
 
-def scored_resolution(sizes: Sequence[Tuple[int, int]], eval_downscale: float) -> Dict[str, Any]:
+def scored_resolution(sizes: Sequence[Tuple[int, int]], eval_downscale: float,
+                      eval_max_pixels: Optional[int] = None) -> Dict[str, Any]:
     """What the metrics files say about the resolution the images were scored at: the sizes
-    ("WxH", each once) and dataset.eval_downscale (1: the images' loaded size)."""
-    return {"sizes": [f"{w}x{h}" for h, w in sizes], "eval_downscale": float(eval_downscale)}
+    ("WxH", each once), dataset.eval_downscale (1: the images' loaded size) and, when set,
+    dataset.eval_max_pixels (the sizes are then what both together gave)."""
+    resolution: Dict[str, Any] = {"sizes": [f"{w}x{h}" for h, w in sizes], "eval_downscale": float(eval_downscale)}
+    if eval_max_pixels is not None:
+        resolution["eval_max_pixels"] = int(eval_max_pixels)
+    return resolution
 
 
 def write_video(frames: Sequence[np.ndarray], path: Path, fps: int, gif: bool = False) -> Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import launch
-from datasets.base import SceneSplit, downscaled_size
+from datasets.base import SceneSplit, downscaled_size, eval_downscale_factor
 from datasets.cameras import pixel_directions
 from datasets.datamodule import ImageRays, composite, spread_order
 from systems.evaluation import image_metrics
@@ -120,18 +120,33 @@ def test_masked_psnr_counts_the_foreground_pixels_only():
     assert "psnr_masked" not in image_metrics({"rgb": gt, "alpha": torch.ones(h * w), "has_mask": False}, out, h, w)
 
 
+def test_eval_max_pixels_raises_the_factor_until_the_largest_image_fits():
+    sizes = [(300, 400), (600, 800)]  # (height, width)
+    assert eval_downscale_factor(sizes, 1.0, None) == 1.0
+    assert eval_downscale_factor(sizes, 1.0, 120_000) == pytest.approx(2.0)  # 480000 px -> 120000
+    assert eval_downscale_factor(sizes, 3.0, 120_000) == 3.0  # eval_downscale already shrinks more
+    assert eval_downscale_factor(sizes, 1.0, 10**6) == 1.0  # never enlarges
+    h, w = downscaled_size(600, 800, eval_downscale_factor(sizes, 1.0, 50_000))
+    assert h * w <= 50_000 * 1.01 and h * w > 50_000 * 0.95
+
+
 @pytest.mark.slow
-def test_a_test_at_a_lower_resolution_says_so(tmp_path, tiny_scene_dir):
+@pytest.mark.parametrize("option", ["eval_downscale", "eval_max_pixels"])
+def test_a_test_at_a_lower_resolution_says_so(tmp_path, tiny_scene_dir, option):
     import imageio.v3 as iio
 
     from tests.test_eval_outputs import launch_run
 
-    save = launch_run(tmp_path, tiny_scene_dir, "--test", "system.export_mesh_at_test=false", "dataset.eval_downscale=2")
     res = TINY_SCENE["resolution"] // 2
+    value = 2 if option == "eval_downscale" else res * res
+    save = launch_run(tmp_path, tiny_scene_dir, "--test", "system.export_mesh_at_test=false", f"dataset.{option}={value}")
     grids = sorted((save / "test").glob("*.png"))
     assert len(grids) == TINY_SCENE["n_test"] and all(iio.imread(p).shape[0] == res for p in grids)
     data = json.loads(next(save.glob("test_metrics_step*.json")).read_text())
-    assert data["resolution"] == {"sizes": [f"{res}x{res}"], "eval_downscale": 2.0}
+    expected = {"sizes": [f"{res}x{res}"], "eval_downscale": 2.0}
+    if option == "eval_max_pixels":
+        expected = {"sizes": [f"{res}x{res}"], "eval_downscale": 1.0, "eval_max_pixels": res * res}
+    assert data["resolution"] == expected
     assert "psnr_masked" in data["mean"]  # the synthetic scene has masks
     assert "images_not_scored" not in data
 

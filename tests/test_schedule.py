@@ -111,6 +111,16 @@ def test_profiles_apply_by_accelerator_and_are_all_checked(tmp_path):
         load_experiment(str(preset), ["trainer.accelerator=cpu"])
 
 
+@pytest.mark.parametrize("preset", ["neus-blender", "neus-dtu", "neus-colmap", "neus-ngp", "nerf-blender", "nerf-colmap"])
+def test_a_cpu_run_scores_capture_views_at_a_capped_size(preset):
+    """On a CPU the test's time budget must cover every held-out view of a capture of large
+    photos: the profile caps the evaluated size; a GPU scores them at their loaded size."""
+    _, cpu = load_experiment(f"configs/{preset}.yaml", ["trainer.accelerator=cpu"])
+    _, gpu = load_experiment(f"configs/{preset}.yaml", ["trainer.accelerator=gpu"])
+    assert cpu.dataset.eval_max_pixels is not None and cpu.dataset.eval_max_pixels <= 400 * 400
+    assert gpu.dataset.eval_max_pixels is None
+
+
 def test_auto_profile_follows_cuda(monkeypatch):
     from omegaconf import OmegaConf
 
