@@ -25,6 +25,7 @@ from datasets.datamodule import SceneDataModule
 from models.rendering import visual_hull_cells
 from systems.base import BaseSystem
 from systems.config import RunContext
+from systems.evaluation import eval_sizing
 from systems.losses import weight_nonzero
 from systems.ray_budget import DynamicRayBudget
 from systems.schedule import TrainingSchedule
@@ -251,8 +252,7 @@ def build_run(cfg: ExperimentConfig, run_paths: RunPaths, action: str = "train",
     check_run_data(cfg, scene, action)  # (nothing left to do when the caller checked already)
     context = RunContext(save_dir=run_paths.save_dir, scene_to_world=scene.scene_to_world,
                          gt_mesh_path=scene.gt_mesh_path, export=cfg.export,
-                         eval_downscale=float(cfg.dataset.eval_downscale),
-                         eval_max_pixels=cfg.dataset.eval_max_pixels, up=scene.up_direction())
+                         eval_sizing=eval_sizing(cfg.dataset), up=scene.up_direction())
     system = build_system(cfg, context)
     datamodule = datamodule if datamodule is not None else build_datamodule(cfg, scene)
     if action == "train":

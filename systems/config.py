@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterator, List, Literal, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple
 
 from torch import Tensor
 
@@ -22,8 +22,9 @@ class RunContext:
     scene_to_world: Tensor  # [4, 4] scene -> input world coordinates
     gt_mesh_path: Optional[str] = None
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
-    eval_downscale: float = 1.0  # val/test images are rendered at 1/eval_downscale of their loaded size
-    eval_max_pixels: Optional[int] = None  # ... or less, down to this many pixels for the largest
+    # how val/test images were sized, as the metrics files record it next to the sizes scored:
+    # dataset.eval_downscale and, when set, dataset.eval_max_pixels (see scored_resolution)
+    eval_sizing: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"eval_downscale": 1.0})
     up: Tuple[float, float, float] = (0.0, 0.0, 1.0)  # the scene's up direction (mesh previews show it up)
 
 

@@ -157,15 +157,19 @@ class SplitRecorder:
         self.sizes, self.not_rendered = set(), []
 
 
-def scored_resolution(sizes: Sequence[Tuple[int, int]], eval_downscale: float,
-                      eval_max_pixels: Optional[int] = None) -> Dict[str, Any]:
+def eval_sizing(dataset_cfg: Any) -> Dict[str, Any]:
+    """The dataset keys that sized the val/test images: eval_downscale (1: their loaded size) and,
+    when set, eval_max_pixels (the sizes are then what both together gave)."""
+    sizing: Dict[str, Any] = {"eval_downscale": float(dataset_cfg.eval_downscale)}
+    if dataset_cfg.eval_max_pixels is not None:
+        sizing["eval_max_pixels"] = int(dataset_cfg.eval_max_pixels)
+    return sizing
+
+
+def scored_resolution(sizes: Sequence[Tuple[int, int]], sizing: Dict[str, Any]) -> Dict[str, Any]:
     """What the metrics files say about the resolution the images were scored at: the sizes
-    ("WxH", each once), dataset.eval_downscale (1: the images' loaded size) and, when set,
-    dataset.eval_max_pixels (the sizes are then what both together gave)."""
-    resolution: Dict[str, Any] = {"sizes": [f"{w}x{h}" for h, w in sizes], "eval_downscale": float(eval_downscale)}
-    if eval_max_pixels is not None:
-        resolution["eval_max_pixels"] = int(eval_max_pixels)
-    return resolution
+    ("WxH", each once) and the keys that sized them (``eval_sizing``)."""
+    return {"sizes": [f"{w}x{h}" for h, w in sizes], **sizing}
 
 
 def write_video(frames: Sequence[np.ndarray], path: Path, fps: int, gif: bool = False) -> Path:

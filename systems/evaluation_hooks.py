@@ -82,8 +82,7 @@ class EvaluationHooks:
         self.recorder.write_images(self.context.save_dir)
         rows = self.recorder.gathered_rows()
         skipped = self.skipped_metrics("validation")
-        resolution = scored_resolution(self.recorder.gathered_sizes(), self.context.eval_downscale,
-                                       self.context.eval_max_pixels)
+        resolution = scored_resolution(self.recorder.gathered_sizes(), self.context.eval_sizing)
         self.log_means(rows, "val")
         if (rows or skipped) and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             write_image_metrics(self.context.save_dir / f"val/step{self.global_step:07d}/metrics",
@@ -127,8 +126,7 @@ class EvaluationHooks:
             if self.trainer.is_global_zero:
                 log.warning("test: %d image(s) neither rendered nor scored: %s", len(left_out), reason)
         if rows:
-            extra["resolution"] = scored_resolution(self.recorder.gathered_sizes(), self.context.eval_downscale,
-                                                    self.context.eval_max_pixels)
+            extra["resolution"] = scored_resolution(self.recorder.gathered_sizes(), self.context.eval_sizing)
             self.log_means(rows, "test")
             if self.cfg.eval_lpips:
                 _, reason = load_lpips()
