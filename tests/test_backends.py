@@ -120,6 +120,30 @@ def test_veto_skips_a_kernel_for_this_call(fresh):
         backends.choose("tcnn", "cuda", **kw)
 
 
+def test_cpu_kernels_serve_cpu_tensors_only(fresh, monkeypatch, caplog):
+    """A CPU kernel: auto takes it for CPU tensors (CUDA kernels for CUDA tensors), unless its
+    veto or the environment rules it out; forcing it on CUDA tensors names the key."""
+    install_module(fresh, "tinycudann", None)
+    vetoed = {}
+    kw = dict(key="enc.backend", kernels=("tcnn",), cpu_kernels=("cpp",), veto=lambda name: vetoed.get(name))
+    assert backends.choose("auto", "cpu", **kw) == "cpp"
+    assert backends.choose("cpp", "cpu", **kw) == "cpp"
+    assert backends.choose("auto", "cuda", **kw) == "torch"  # tinycudann missing; cpp is not for CUDA
+    with pytest.raises(backends.BackendError, match=r"enc.backend='cpp' needs CPU tensors, but they are on 'cuda'"):
+        backends.choose("cpp", "cuda", **kw)
+    with pytest.raises(backends.BackendError, match=r"enc.backend='tcnn' needs CUDA tensors"):
+        backends.choose("tcnn", "cpu", **kw)
+    vetoed["cpp"] = "no C++ compiler found"
+    with caplog.at_level(logging.INFO, logger="utils.backends"):
+        assert backends.choose("auto", "cpu", **kw) == "torch"
+    assert [r.getMessage() for r in caplog.records] == ["enc.backend: not using cpp (no C++ compiler found)"]
+    with pytest.raises(backends.BackendError, match="enc.backend='cpp' cannot be used: no C\\+\\+ compiler"):
+        backends.choose("cpp", "cpu", **kw)
+    vetoed.clear()
+    monkeypatch.setenv(backends.DISABLE_ENV, "cpp")
+    assert backends.choose("auto", "cpu", **kw) == "torch"
+
+
 def test_nerfacc_without_built_kernels_is_not_used_on_cuda(fresh):
     install_module(fresh, "nerfacc", nerfacc_05())
     fresh.setitem(sys.modules, "nerfacc.cuda._backend", fake_module("nerfacc.cuda._backend", _C=None))

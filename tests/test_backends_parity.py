@@ -232,3 +232,103 @@ def test_triton_kernels_that_fail_to_compile_fall_back(triton_device, triton_ker
     forced = encodings.make("hashgrid", dict(GRID, backend="triton"), path="enc").to(triton_device)
     with pytest.raises(backends.BackendError, match=r"enc.backend='triton' cannot be used: .*PTX"):
         forced(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# the hash grid's C++ CPU kernels (built here with the machine's compiler)
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def cpp_kernels(monkeypatch):
+    """The kernel module, built and loaded; a test may reset its state (restored afterwards)."""
+    from models.encodings import cpu_hashgrid
+
+    reason = cpu_hashgrid.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"the C++ CPU kernels are not available here: {reason}")
+    for name in ("_tried", "_lib", "_reason"):
+        monkeypatch.setattr(cpu_hashgrid, name, getattr(cpu_hashgrid, name))
+    return cpu_hashgrid
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "smoothstep"])
+@pytest.mark.parametrize("features", [1, 2, 4, 8])
+def test_cpp_hash_grid_matches_pytorch(cpp_kernels, interpolation, features):
+    cfg = dict(GRID, n_features_per_level=features, interpolation=interpolation, start_level=3)
+    fast, ref = grid_pair("progressive-hashgrid", cfg, "cpu", "cpp")
+    assert fast.backend_for(torch.empty(1, 3)) == "cpp"
+    x = unit_points(150, "cpu")
+    x[4] = float("nan")  # samples at 0, as on PyTorch's path
+    compare_grid(fast, ref, x, rtol=1e-4, atol=1e-5)  # 3 of 4 levels active
+
+
+def test_cpp_second_derivatives_through_the_reference(cpp_kernels):
+    """An eikonal-style loss: the input gradient taken with create_graph, then differentiated."""
+    fast, ref = grid_pair("hashgrid", GRID, "cpu", "cpp")
+    x = unit_points(60, "cpu")[4:]
+    out = []
+    for enc in (fast, ref):
+        xr = x.clone().requires_grad_()
+        f = enc(xr)
+        (gx,) = torch.autograd.grad(f[:, 0].sum() + f[:, 5].sum(), xr, create_graph=True)
+        out.append((gx, torch.autograd.grad(gx.square().sum(), enc.table)[0]))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_cpp_gradients_do_not_depend_on_the_thread_count(cpp_kernels):
+    """Each level's rows are summed by one thread in point order: same bits on 1 or 2 threads."""
+    enc = encodings.make("hashgrid", dict(GRID, backend="cpp", init_std=1.0))
+    x = unit_points(3000, "cpu", seed=5)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            f, j = enc.forward_with_jacobian(x)
+            grads.append(torch.autograd.grad(f.square().sum() + j.square().sum(), enc.table)[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert grads[0].abs().sum() > 0
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_cpp_kernels_say_what_they_do_not_cover(cpp_kernels):
+    assert cpp_kernels.supports(3, 2, torch.float32) is None
+    assert "3-D" in cpp_kernels.supports(2, 2, torch.float32)
+    assert "features" in cpp_kernels.supports(3, 3, torch.float32)
+    assert "float32" in cpp_kernels.supports(3, 2, torch.float64)
+    enc = encodings.make("hashgrid", dict(GRID, n_features_per_level=3), path="enc")
+    assert enc.backend_for(torch.empty(1, 3)) == "torch"  # auto steps aside
+    forced = encodings.make("hashgrid", dict(GRID, n_features_per_level=3, backend="cpp"), path="enc")
+    with pytest.raises(backends.BackendError, match=r"enc.backend='cpp' cannot be used: .*features per level, not 3"):
+        forced(torch.rand(4, 3))
+
+
+def test_cpp_is_not_used_where_it_cannot_be(cpp_kernels, monkeypatch, caplog):
+    """Disabled by the environment, or no compiler: auto uses PyTorch, naming the reason once;
+    forcing it fails with the key."""
+    enc = encodings.make("hashgrid", GRID, path="enc")
+    x = torch.rand(5, 3)
+    monkeypatch.setenv(backends.DISABLE_ENV, "cpp")
+    assert enc.backend_for(x) == "torch"
+    monkeypatch.delenv(backends.DISABLE_ENV)
+    monkeypatch.setattr(cpp_kernels, "_tried", False)
+    monkeypatch.setattr(cpp_kernels, "_compiler", lambda: None)
+    backends.clear_cache()
+    with caplog.at_level(logging.INFO, logger="utils.backends"):
+        assert enc.backend_for(x) == "torch"
+        enc(x)
+    assert any("not using cpp (its CPU kernels could not be built (RuntimeError: no C++ compiler" in r.getMessage()
+               for r in caplog.records)
+    forced = encodings.make("hashgrid", dict(GRID, backend="cpp"), path="enc")
+    with pytest.raises(backends.BackendError, match=r"enc.backend='cpp' cannot be used: .*no C\+\+ compiler"):
+        forced(x)
+
+
+def test_cpp_builds_into_the_cache_folder(cpp_kernels, monkeypatch, tmp_path):
+    """A fresh cache folder gets one library, and a second load reuses it."""
+    monkeypatch.setenv(cpp_kernels.CACHE_ENV, str(tmp_path))
+    for attempt in range(2):
+        monkeypatch.setattr(cpp_kernels, "_tried", False)
+        assert cpp_kernels.unavailable_reason() is None
+        assert [p.name.startswith("hashgrid_cpu-") for p in tmp_path.iterdir()] == [True]

@@ -1,6 +1,7 @@
 """Optional accelerators: which ones are usable (found once), and which one a call takes (per call).
 
-The toolkit's PyTorch code runs everywhere. Four optional libraries can take over parts of it:
+The toolkit's PyTorch code runs everywhere. Four optional libraries, and C++ kernels built on
+first use, can take over parts of it:
 
 | backend       | import        | used for                                  | detected by                        |
 |---------------|---------------|-------------------------------------------|------------------------------------|
@@ -8,17 +9,19 @@ The toolkit's PyTorch code runs everywhere. Four optional libraries can take ove
 | ``tcnn``      | ``tinycudann``| hash-grid encoding, ``tcnn-mlp`` (CUDA)   | ``TCNN_NEEDS``                     |
 | ``triton``    | ``triton``    | hash-grid encoding kernels (CUDA)         | ``TRITON_NEEDS``                   |
 | ``torchmcubes``| ``torchmcubes``| marching cubes (CPU or CUDA)             | ``TORCHMCUBES_NEEDS``              |
+| ``cpp``       | (built here)  | hash-grid encoding kernels (CPU)          | the caller's veto (a C++ compiler) |
 
 A library counts as usable when it imports and has every function the toolkit calls in it, not
 by its version number (nerfacc 0.4 and 0.5 share version-like names but not signatures; no
 released nerfacc has ``nerfacc.losses``). The result is cached per process; ``clear_cache()``
 forgets it (tests install stand-ins and call it).
 
-``choose(requested, device, key=..., kernels=...)`` picks the implementation of one call:
-``"torch"`` always means PyTorch; ``"auto"`` takes the first usable kernel for tensors on a CUDA
-device and PyTorch otherwise, with a one-line notice (once per reason) when it falls back on CUDA;
-naming a kernel forces it, and a call that cannot use it raises ``BackendError`` naming the
-config key. ``NSR_DISABLE_BACKENDS=nerfacc,tcnn`` (environment) makes the named backends count
+``choose(requested, device, key=..., kernels=..., cpu_kernels=...)`` picks the implementation of
+one call: ``"torch"`` always means PyTorch; ``"auto"`` takes the first usable kernel for tensors on
+a CUDA device, the first usable CPU kernel (the hash grid's C++ kernels, ``cpp``, built by the
+caller's ``veto`` probe) for CPU tensors, and PyTorch otherwise, with a one-line notice (once per
+reason) when it falls back; naming a kernel forces it, and a call that cannot use it raises
+``BackendError`` naming the config key. ``NSR_DISABLE_BACKENDS=nerfacc,tcnn`` (environment) makes the named backends count
 as unusable, e.g. to rule out a broken install without removing it. Nothing here imports from
 ``datasets/``, ``models/`` or ``systems/``.
 """
@@ -99,12 +102,19 @@ def _resolve(module: object, dotted: str) -> bool:
     return True
 
 
+def disabled_reason(name: str) -> Optional[str]:
+    """``"disabled by NSR_DISABLE_BACKENDS"`` when the environment names backend ``name``, else None."""
+    if name in {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",")}:
+        return f"disabled by {DISABLE_ENV}"
+    return None
+
+
 def _detect(name: str) -> Optional[str]:
     if name not in LIBRARIES:
         raise ValueError(f"unknown optional library '{name}'; known: {', '.join(LIBRARIES)}")
     module_name, needs = LIBRARIES[name]
-    if name in {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",")}:
-        return f"disabled by {DISABLE_ENV}"
+    if disabled_reason(name) is not None:
+        return disabled_reason(name)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -184,22 +194,37 @@ def choose(
     *,
     key: str,
     kernels: Sequence[str],
+    cpu_kernels: Sequence[str] = (),
     veto: Optional[Callable[[str], Optional[str]]] = None,
 ) -> str:
-    """The implementation for one call: "torch" or one of ``kernels``.
+    """The implementation for one call: "torch", one of ``kernels`` or one of ``cpu_kernels``.
 
     requested: the config value ("auto", "torch" or a kernel name); device: where the call's
-    tensors are; key: the config key, for messages; kernels: the kernel backends this call has,
-    in the order "auto" tries them; veto(name) -> a reason this call's inputs cannot use that
-    kernel (or None).
+    tensors are; key: the config key, for messages; kernels: the CUDA kernel backends this call
+    has, in the order "auto" tries them; cpu_kernels: its kernels for CPU tensors (usable unless
+    ``NSR_DISABLE_BACKENDS`` names them or the veto objects); veto(name) -> a reason this call's
+    inputs cannot use that kernel (or None).
     """
-    options = ("auto", "torch", *kernels)
+    options = ("auto", "torch", *kernels, *cpu_kernels)
     if requested not in options:
         raise ValueError(f"{key}: unknown backend {requested!r}; choose one of {', '.join(map(repr, options))}")
     if requested == "torch":
         return "torch"
     on_kernel_device = runs_kernels(device)
     where = torch.device(device).type if device is not None else "cpu"
+
+    def cpu_reason(name: str) -> Optional[str]:
+        return disabled_reason(name) or (veto(name) if veto is not None else None)
+
+    if requested in cpu_kernels:
+        if where != "cpu":
+            raise BackendError(
+                f"{key}={requested!r} needs CPU tensors, but they are on '{where}'; set {key} to 'auto' or 'torch'"
+            )
+        reason = cpu_reason(requested)
+        if reason is not None:
+            raise BackendError(f"{key}={requested!r} cannot be used: {reason}; set {key} to 'auto' or 'torch'")
+        return requested
     if requested != "auto":
         if not on_kernel_device:
             raise BackendError(
@@ -211,6 +236,12 @@ def choose(
             raise BackendError(f"{key}={requested!r} cannot be used: {reason}; set {key} to 'auto' or 'torch'")
         return requested
     if not on_kernel_device:
+        if where == "cpu":
+            for name in cpu_kernels:
+                reason = cpu_reason(name)
+                if reason is None:
+                    return name
+                notice_once(f"{key}: not using {name} ({reason})")
         return "torch"
     for name in kernels:
         reason = kernel_unavailable_reason(name) or (veto(name) if veto is not None else None)

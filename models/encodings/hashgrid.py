@@ -2,9 +2,10 @@
 
 One parameter, ``table``, whatever is installed; the kernel is chosen per call (config
 ``backend``, see ``utils.backends.choose``): PyTorch (``grid_gather``, any device), tiny-cuda-nn's
-HashGrid run on this very table (CUDA, ``models/encodings/tcnn.py``) or the Triton kernels
-(CUDA, ``models/encodings/triton_hashgrid.py``). "auto" prefers tiny-cuda-nn, then Triton, for
-CUDA inputs. tiny-cuda-nn gives no explicit jacobian: ``has_explicit_jacobian`` tells geometries
+HashGrid run on this very table (CUDA, ``models/encodings/tcnn.py``), the Triton kernels
+(CUDA, ``models/encodings/triton_hashgrid.py``) or the C++ kernels (CPU,
+``models/encodings/cpu_hashgrid.py``, built on first use with the machine's compiler). "auto"
+prefers tiny-cuda-nn, then Triton, for CUDA inputs, and the C++ kernels for CPU inputs. tiny-cuda-nn gives no explicit jacobian: ``has_explicit_jacobian`` tells geometries
 to take gradients by autograd instead (its grid encodings support double backward).
 
 Layout and indexing follow tiny-cuda-nn's "HashGrid" encoding, so all three compute one function
@@ -40,8 +41,9 @@ from models.encodings.tcnn import KernelCache, run_kernel
 from utils import backends
 from utils.config import at_least, checked, in_range, key_of, non_negative, positive
 
-# kernel backends of the hash grid, in the order "auto" tries them
+# kernel backends of the hash grid, in the order "auto" tries them: for CUDA and for CPU tensors
 KERNELS = ("tcnn", "triton")
+CPU_KERNELS = ("cpp",)
 
 
 def _per_level_scale(cfg) -> float:
@@ -68,9 +70,10 @@ class HashGrid(Encoding):
         # parameters start uniform in [-init_std, init_std] (as iNGP)
         init_std: float = checked(non_negative(), default=1e-4)
         interpolation: Literal["linear", "smoothstep"] = "linear"
-        # per call: "auto" = tiny-cuda-nn, else Triton, for CUDA inputs when usable, else PyTorch;
-        # "torch" / "tcnn" / "triton" force one (the parameters are the same for all)
-        backend: Literal["auto", "torch", "tcnn", "triton"] = "auto"
+        # per call: "auto" = tiny-cuda-nn, else Triton, for CUDA inputs and the C++ kernels for CPU
+        # inputs when usable, else PyTorch; "torch" / "tcnn" / "triton" / "cpp" force one (the
+        # parameters are the same for all)
+        backend: Literal["auto", "torch", "tcnn", "triton", "cpp"] = "auto"
 
         def check(self) -> Iterator[Tuple[str, str]]:
             if self.finest_resolution is not None and self.finest_resolution < self.base_resolution:
@@ -107,8 +110,10 @@ class HashGrid(Encoding):
 
     # ------------------------------------------------------------------ kernel choice
     def backend_for(self, x: torch.Tensor) -> str:
-        """The implementation this call takes for points x [N, D]: "torch", "tcnn" or "triton"."""
-        choice = backends.choose(self.cfg.backend, x.device, key=self.backend_key, kernels=KERNELS, veto=self._veto)
+        """The implementation this call takes for points x [N, D]: "torch", "tcnn", "triton" or "cpp"."""
+        choice = backends.choose(
+            self.cfg.backend, x.device, key=self.backend_key, kernels=KERNELS, cpu_kernels=CPU_KERNELS, veto=self._veto
+        )
         if choice == "triton":
             from models.encodings.triton_hashgrid import kernels_work
 
@@ -128,6 +133,12 @@ class HashGrid(Encoding):
             if self.n_features_per_level not in (1, 2, 4, 8):
                 return f"tiny-cuda-nn's hash grid takes 1, 2, 4 or 8 features per level, not {self.n_features_per_level}"
             return None
+        if name == "cpp":
+            from models.encodings import cpu_hashgrid
+
+            return cpu_hashgrid.supports(self.n_input_dims, self.n_features_per_level, self.table.dtype) or (
+                cpu_hashgrid.unavailable_reason()  # builds the kernels on the first call
+            )
         from models.encodings.triton_hashgrid import supports  # triton is usable when asked
 
         return supports(self.n_input_dims, self.n_features_per_level, self.table.dtype)
@@ -174,6 +185,10 @@ class HashGrid(Encoding):
             from models.encodings.triton_hashgrid import hashgrid_gather
 
             feats, _ = hashgrid_gather(x, self.table, self.sampler, n_active)
+        elif kernel == "cpp":
+            from models.encodings.cpu_hashgrid import hashgrid_gather
+
+            feats, _ = hashgrid_gather(x, self.table, self.sampler, n_active)
         else:
             feats, _ = grid_gather(x, self.table, self.sampler, n_active)
         return self._pad(feats.reshape(x.shape[0], -1), n_active)
@@ -188,8 +203,13 @@ class HashGrid(Encoding):
             return on_empty_batch(self.forward_with_jacobian, x)
         n_active = self._n_active()
         N, D = x.shape
-        if self.backend_for(x) == "triton":
+        kernel = self.backend_for(x)
+        if kernel == "triton":
             from models.encodings.triton_hashgrid import hashgrid_gather
+
+            feats, jac = hashgrid_gather(x, self.table, self.sampler, n_active, with_jac=True)
+        elif kernel == "cpp":
+            from models.encodings.cpu_hashgrid import hashgrid_gather
 
             feats, jac = hashgrid_gather(x, self.table, self.sampler, n_active, with_jac=True)
         else:

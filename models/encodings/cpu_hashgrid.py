@@ -1,0 +1,213 @@
+"""The hash grid's CPU kernels (``csrc/hashgrid_cpu.cpp``): the same function as ``HashGridSampler``
+with ``grid_gather`` (see hashgrid.py for the layout), in one pass per point and level.
+
+- forward: features [N, L, F] and, optionally, their jacobian [3, N, L, F] with respect to x;
+- backward: the table gradient (from the features' and the jacobian's gradients; each level's
+  rows are summed by one thread in point order, so the result is the same for any thread count)
+  and the input gradient from the features' gradient.
+
+When the backward must itself be differentiable (``create_graph=True``) or the input gradient of
+a jacobian is wanted (second derivatives of the weights), it goes through the differentiable
+PyTorch reference, as ``grid_gather`` does.
+
+The library is built on first use with the machine's C++ compiler (``$CXX``, else ``c++`` or
+``g++``; about two seconds) into a cache folder (``$NSR_KERNEL_CACHE``, else
+``~/.cache/neural-surface/kernels``), keyed by the source, the compiler and the machine, and
+loaded with ctypes: no PyTorch headers are needed, and no Python package is built. Without a
+compiler ``unavailable_reason`` says so and the hash grid uses PyTorch.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from models.encodings.gather import _backward_reference, backward_inputs, needs_reference_backward
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "hashgrid_cpu.cpp"
+ABI_VERSION = 1
+SUPPORTED_FEATURES = (1, 2, 4, 8)
+CACHE_ENV = "NSR_KERNEL_CACHE"
+# -ffp-contract=off: no fused multiply-adds, so a point lands in the same cell as on PyTorch's path
+CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off")
+BUILD_TIMEOUT_S = 120
+
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_reason: Optional[str] = None
+_tried = False
+
+
+def supports(n_dims: int, n_features: int, table_dtype: torch.dtype) -> Optional[str]:
+    """None when the kernels cover a hash grid of these options, else why not."""
+    if n_dims != 3:
+        return f"the CPU kernels take 3-D points, not {n_dims}-D"
+    if n_features not in SUPPORTED_FEATURES:
+        return f"the CPU kernels take 1, 2, 4 or 8 features per level, not {n_features}"
+    if table_dtype != torch.float32:
+        return f"the CPU kernels take a float32 table, not {table_dtype}"
+    return None
+
+
+def _compiler() -> Optional[str]:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "neural-surface" / "kernels"
+
+
+def _build(cxx: str) -> Path:
+    """Compile the source (once per source, compiler and machine) -> the library's path."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + "\0".join([cxx, version, *CXX_FLAGS, platform.machine()]).encode()
+    ).hexdigest()[:16]
+    target = cache_dir() / f"hashgrid_cpu-{key}.so"
+    if target.exists():
+        return target
+    logger.info("hash grid: building its C++ CPU kernels with %s (once per machine, a few seconds) into %s",
+                cxx, target.parent)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # build beside the target and rename: a concurrent run never loads a half-written file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [cxx, *CXX_FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{cxx} failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:300]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+def _load() -> ctypes.CDLL:
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found ($CXX, c++, g++ or clang++)")
+    lib = ctypes.CDLL(str(_build(cxx)))
+    if lib.hg_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"the built library has ABI {lib.hg_abi_version()}, expected {ABI_VERSION}")
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.hg_forward.argtypes = [p, i64, p, i32, p, p, p, p, p, i32, i32, p, p, i32]
+    lib.hg_forward.restype = i32
+    lib.hg_backward.argtypes = [p, i64, p, i32, p, p, p, p, p, i32, i32, p, p, p, p, i32]
+    lib.hg_backward.restype = i32
+    return lib
+
+
+def unavailable_reason() -> Optional[str]:
+    """None when the kernels are built and loaded (built on the first call), else why not."""
+    global _lib, _reason, _tried
+    with _lock:
+        if not _tried:
+            _tried = True
+            try:
+                _lib = _load()
+                logger.info("hash grid: using its C++ CPU kernels for CPU tensors (model's backend: auto or cpp)")
+            except Exception as err:  # no compiler, a failed build, an unloadable library
+                _reason = f"its CPU kernels could not be built ({type(err).__name__}: {err})"
+    return _reason
+
+
+def _library() -> ctypes.CDLL:
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
+    return _lib
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _meta_args(sampler, n_levels: int):
+    """The per-level tables' pointers (the tensors are cached by the sampler, so they stay alive)."""
+    meta = sampler.kernel_meta(torch.device("cpu"))
+    return [t.data_ptr() for t in meta], n_levels
+
+
+def _check(code: int, what: str) -> None:
+    if code != 0:
+        raise RuntimeError(f"hash-grid CPU kernel {what} failed (code {code})")
+
+
+class _HashGridCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, table, sampler, n_levels, with_jac):  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        lib = _library()
+        xk = x.detach().to(torch.float32).contiguous()
+        tk = table.detach().contiguous()
+        N, Fd = xk.shape[0], tk.shape[1]
+        feats = torch.empty(N, n_levels, Fd, dtype=torch.float32)
+        jac = torch.empty(3, N, n_levels, Fd, dtype=torch.float32) if with_jac else None
+        if N > 0:
+            meta, L = _meta_args(sampler, n_levels)
+            _check(lib.hg_forward(_ptr(xk), N, _ptr(tk), Fd, *meta, L, int(sampler.smoothstep),
+                                  _ptr(feats), _ptr(jac), torch.get_num_threads()), "forward")
+        ctx.save_for_backward(x, table)
+        ctx.sampler, ctx.n_groups, ctx.with_jac = sampler, n_levels, with_jac
+        return (feats, jac) if with_jac else feats
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        x, table, g_feat, g_jac, need_x, need_t = backward_inputs(ctx, grads)
+        if g_feat is None and g_jac is None:
+            return None, None, None, None, None
+        if needs_reference_backward(g_jac, need_x):
+            gx, gt = _backward_reference(ctx, x, table, g_feat, g_jac, need_x, need_t)
+            return gx, gt, None, None, None
+        xk = x.detach().to(torch.float32).contiguous()
+        tk = table.detach().contiguous()
+        N, Fd = xk.shape[0], tk.shape[1]
+        gt = torch.zeros_like(tk) if need_t else None
+        gx = torch.zeros(N, 3, dtype=torch.float32) if need_x and g_feat is not None else None
+        if N > 0 and (gt is not None or gx is not None):
+            gf = None if g_feat is None else g_feat.to(torch.float32).contiguous()
+            gj = None if g_jac is None else g_jac.to(torch.float32).contiguous()
+            meta, L = _meta_args(ctx.sampler, ctx.n_groups)
+            _check(_library().hg_backward(
+                _ptr(xk), N, _ptr(tk), Fd, *meta, L, int(ctx.sampler.smoothstep),
+                _ptr(gf), _ptr(gj), _ptr(gt), _ptr(gx), torch.get_num_threads()), "backward")
+        if need_x and gx is None:
+            gx = torch.zeros_like(x)
+        return (None if gx is None else gx.to(x.dtype)), gt, None, None, None
+
+
+def hashgrid_gather(
+    x: torch.Tensor, table: torch.Tensor, sampler, n_levels: int, with_jac: bool = False
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``grid_gather`` for a hash grid on CPU tensors, by the C++ kernels.
+
+    x [N, 3] in [0, 1]^3, table [T, F] float32, sampler a ``HashGridSampler``, n_levels active
+    levels -> (feats [N, n_levels, F], jac [3, N, n_levels, F] or None). Differentiable w.r.t.
+    ``table`` and ``x`` (second order through the PyTorch reference).
+    """
+    if with_jac:
+        feats, jac = _HashGridCPU.apply(x, table, sampler, n_levels, True)
+        return feats, jac
+    return _HashGridCPU.apply(x, table, sampler, n_levels, False), None
