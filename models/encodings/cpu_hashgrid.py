@@ -144,10 +144,10 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
-def _meta_args(sampler, n_levels: int):
-    """The per-level tables' pointers (the tensors are cached by the sampler, so they stay alive)."""
-    meta = sampler.kernel_meta(torch.device("cpu"))
-    return [t.data_ptr() for t in meta], n_levels
+def _level_tables(sampler) -> list:
+    """Pointers to the per-level tables (scale, offset, size, resolution, hashed); the sampler
+    caches those tensors, so they outlive the call."""
+    return [t.data_ptr() for t in sampler.kernel_meta(torch.device("cpu"))]
 
 
 def _check(code: int, what: str) -> None:
@@ -166,9 +166,11 @@ class _HashGridCPU(torch.autograd.Function):
         feats = torch.empty(N, n_levels, Fd, dtype=torch.float32)
         jac = torch.empty(3, N, n_levels, Fd, dtype=torch.float32) if with_jac else None
         if N > 0:
-            meta, L = _meta_args(sampler, n_levels)
-            _check(lib.hg_forward(_ptr(xk), N, _ptr(tk), Fd, *meta, L, int(sampler.smoothstep),
-                                  _ptr(feats), _ptr(jac), torch.get_num_threads()), "forward")
+            code = lib.hg_forward(
+                _ptr(xk), N, _ptr(tk), Fd, *_level_tables(sampler), n_levels, int(sampler.smoothstep),
+                _ptr(feats), _ptr(jac), torch.get_num_threads(),
+            )
+            _check(code, "forward")
         ctx.save_for_backward(x, table)
         ctx.sampler, ctx.n_groups, ctx.with_jac = sampler, n_levels, with_jac
         return (feats, jac) if with_jac else feats
@@ -189,10 +191,11 @@ class _HashGridCPU(torch.autograd.Function):
         if N > 0 and (gt is not None or gx is not None):
             gf = None if g_feat is None else g_feat.to(torch.float32).contiguous()
             gj = None if g_jac is None else g_jac.to(torch.float32).contiguous()
-            meta, L = _meta_args(ctx.sampler, ctx.n_groups)
-            _check(_library().hg_backward(
-                _ptr(xk), N, _ptr(tk), Fd, *meta, L, int(ctx.sampler.smoothstep),
-                _ptr(gf), _ptr(gj), _ptr(gt), _ptr(gx), torch.get_num_threads()), "backward")
+            code = _library().hg_backward(
+                _ptr(xk), N, _ptr(tk), Fd, *_level_tables(ctx.sampler), ctx.n_groups,
+                int(ctx.sampler.smoothstep), _ptr(gf), _ptr(gj), _ptr(gt), _ptr(gx), torch.get_num_threads(),
+            )
+            _check(code, "backward")
         if need_x and gx is None:
             gx = torch.zeros_like(x)
         return (None if gx is None else gx.to(x.dtype)), gt, None, None, None
