@@ -114,6 +114,11 @@ def machine_info(device: torch.device) -> Dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
+    # which kernel a CPU hash grid takes under backend "auto" (figures differ by ~2x between them)
+    from models import encodings
+
+    probe = encodings.make("hashgrid", {"n_levels": 1, "log2_hashmap_size": 4})
+    info["hashgrid_kernel"] = probe.backend_for(torch.empty(1, 3, device=device))
     return info
 
 
@@ -448,7 +453,7 @@ def format_table(r: Dict[str, Any]) -> str:
         f"# nsr-toolkit benchmark ({r['mode']}): device {r['device']}",
         "",
         f"Machine: CPU {m['cpu']} ({m['cpu_count']} cores), GPU {m['gpu'] or 'none'}, {m['threads']} torch threads, "
-        f"torch {m['torch']}, Lightning {m['lightning']}, Python {m['python']}. Times are medians of "
+        f"hash-grid kernel {m.get('hashgrid_kernel', '?')}, torch {m['torch']}, Lightning {m['lightning']}, Python {m['python']}. Times are medians of "
         f"{r['reps']} repetitions (training: of the timed steps). Memory: peak while the part ran "
         f"({'CUDA allocator' if r['device'].startswith('cuda') else 'process resident set'}; the process held "
         f"{_num(r.get('rss_baseline_mb'), '{:.0f}')} MB resident before the first part).",
