@@ -156,10 +156,10 @@ def test_auto_prefers_tcnn_then_triton(triton_device, monkeypatch):
     assert enc.backend_for(x) == expected
 
 
-def test_triton_second_derivatives_through_the_reference(triton_device):
+def compare_second_derivatives(device, kernel):
     """An eikonal-style loss: the input gradient taken with create_graph, then differentiated."""
-    fast, ref = grid_pair("hashgrid", GRID, triton_device, "triton")
-    x = unit_points(60, triton_device)[4:]
+    fast, ref = grid_pair("hashgrid", GRID, device, kernel)
+    x = unit_points(60, device)[4:]
     out = []
     for enc in (fast, ref):
         xr = x.clone().requires_grad_()
@@ -168,6 +168,10 @@ def test_triton_second_derivatives_through_the_reference(triton_device):
         out.append((gx, torch.autograd.grad(gx.square().sum(), enc.table)[0]))
     for a, b in zip(*out):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_triton_second_derivatives_through_the_reference(triton_device):
+    compare_second_derivatives(triton_device, "triton")
 
 
 def test_triton_kernels_say_what_they_do_not_cover(triton_kernels):
@@ -262,17 +266,7 @@ def test_cpp_hash_grid_matches_pytorch(cpp_kernels, interpolation, features):
 
 
 def test_cpp_second_derivatives_through_the_reference(cpp_kernels):
-    """An eikonal-style loss: the input gradient taken with create_graph, then differentiated."""
-    fast, ref = grid_pair("hashgrid", GRID, "cpu", "cpp")
-    x = unit_points(60, "cpu")[4:]
-    out = []
-    for enc in (fast, ref):
-        xr = x.clone().requires_grad_()
-        f = enc(xr)
-        (gx,) = torch.autograd.grad(f[:, 0].sum() + f[:, 5].sum(), xr, create_graph=True)
-        out.append((gx, torch.autograd.grad(gx.square().sum(), enc.table)[0]))
-    for a, b in zip(*out):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    compare_second_derivatives("cpu", "cpp")
 
 
 def test_cpp_gradients_do_not_depend_on_the_thread_count(cpp_kernels):

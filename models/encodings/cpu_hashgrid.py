@@ -6,9 +6,8 @@ with ``grid_gather`` (see hashgrid.py for the layout), in one pass per point and
   rows are summed by one thread in point order, so the result is the same for any thread count)
   and the input gradient from the features' gradient.
 
-When the backward must itself be differentiable (``create_graph=True``) or the input gradient of
-a jacobian is wanted (second derivatives of the weights), it goes through the differentiable
-PyTorch reference, as ``grid_gather`` does.
+Second derivatives go through the differentiable PyTorch reference (``hashgrid_kernels.py``, the
+autograd wrapper shared with the Triton kernels).
 
 The library is built on first use with the machine's C++ compiler (``$CXX``, else ``c++`` or
 ``g++``; about two seconds) into a cache folder (``$NSR_KERNEL_CACHE``, else
@@ -28,11 +27,11 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
-from models.encodings.gather import _backward_reference, backward_inputs, needs_reference_backward
+from models.encodings.hashgrid_kernels import KernelPair
 
 logger = logging.getLogger(__name__)
 
@@ -155,62 +154,24 @@ def _check(code: int, what: str) -> None:
         raise RuntimeError(f"hash-grid CPU kernel {what} failed (code {code})")
 
 
-class _HashGridCPU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, table, sampler, n_levels, with_jac):  # type: ignore[override]
-        ctx.set_materialize_grads(False)
-        lib = _library()
-        xk = x.detach().to(torch.float32).contiguous()
-        tk = table.detach().contiguous()
-        N, Fd = xk.shape[0], tk.shape[1]
-        feats = torch.empty(N, n_levels, Fd, dtype=torch.float32)
-        jac = torch.empty(3, N, n_levels, Fd, dtype=torch.float32) if with_jac else None
-        if N > 0:
-            code = lib.hg_forward(
-                _ptr(xk), N, _ptr(tk), Fd, *_level_tables(sampler), n_levels, int(sampler.smoothstep),
-                _ptr(feats), _ptr(jac), torch.get_num_threads(),
-            )
-            _check(code, "forward")
-        ctx.save_for_backward(x, table)
-        ctx.sampler, ctx.n_groups, ctx.with_jac = sampler, n_levels, with_jac
-        return (feats, jac) if with_jac else feats
-
-    @staticmethod
-    def backward(ctx, *grads):  # type: ignore[override]
-        x, table, g_feat, g_jac, need_x, need_t = backward_inputs(ctx, grads)
-        if g_feat is None and g_jac is None:
-            return None, None, None, None, None
-        if needs_reference_backward(g_jac, need_x):
-            gx, gt = _backward_reference(ctx, x, table, g_feat, g_jac, need_x, need_t)
-            return gx, gt, None, None, None
-        xk = x.detach().to(torch.float32).contiguous()
-        tk = table.detach().contiguous()
-        N, Fd = xk.shape[0], tk.shape[1]
-        gt = torch.zeros_like(tk) if need_t else None
-        gx = torch.zeros(N, 3, dtype=torch.float32) if need_x and g_feat is not None else None
-        if N > 0 and (gt is not None or gx is not None):
-            gf = None if g_feat is None else g_feat.to(torch.float32).contiguous()
-            gj = None if g_jac is None else g_jac.to(torch.float32).contiguous()
-            code = _library().hg_backward(
-                _ptr(xk), N, _ptr(tk), Fd, *_level_tables(ctx.sampler), ctx.n_groups,
-                int(ctx.sampler.smoothstep), _ptr(gf), _ptr(gj), _ptr(gt), _ptr(gx), torch.get_num_threads(),
-            )
-            _check(code, "backward")
-        if need_x and gx is None:
-            gx = torch.zeros_like(x)
-        return (None if gx is None else gx.to(x.dtype)), gt, None, None, None
+def _forward(xk, tk, sampler, n_levels, feats, jac) -> None:
+    """Run the forward kernel (see hashgrid_kernels.py)."""
+    code = _library().hg_forward(
+        _ptr(xk), xk.shape[0], _ptr(tk), tk.shape[1], *_level_tables(sampler), n_levels,
+        int(sampler.smoothstep), _ptr(feats), _ptr(jac), torch.get_num_threads(),
+    )
+    _check(code, "forward")
 
 
-def hashgrid_gather(
-    x: torch.Tensor, table: torch.Tensor, sampler, n_levels: int, with_jac: bool = False
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``grid_gather`` for a hash grid on CPU tensors, by the C++ kernels.
+def _backward(xk, tk, sampler, n_levels, gf, gj, gt, gx) -> None:
+    """Run the backward kernel (see hashgrid_kernels.py)."""
+    code = _library().hg_backward(
+        _ptr(xk), xk.shape[0], _ptr(tk), tk.shape[1], *_level_tables(sampler), n_levels,
+        int(sampler.smoothstep), _ptr(gf), _ptr(gj), _ptr(gt), _ptr(gx), torch.get_num_threads(),
+    )
+    _check(code, "backward")
 
-    x [N, 3] in [0, 1]^3, table [T, F] float32, sampler a ``HashGridSampler``, n_levels active
-    levels -> (feats [N, n_levels, F], jac [3, N, n_levels, F] or None). Differentiable w.r.t.
-    ``table`` and ``x`` (second order through the PyTorch reference).
-    """
-    if with_jac:
-        feats, jac = _HashGridCPU.apply(x, table, sampler, n_levels, True)
-        return feats, jac
-    return _HashGridCPU.apply(x, table, sampler, n_levels, False), None
+
+KERNELS = KernelPair("_HashGridCPU", _forward, _backward)
+# ``grid_gather`` for a hash grid on CPU tensors, by the C++ kernels (see KernelPair.gather)
+hashgrid_gather = KERNELS.gather

@@ -6,9 +6,8 @@
   atomic adds, so its summation order is not fixed as the PyTorch path's is) and the input
   gradient from the features' gradient.
 
-When the backward must itself be differentiable (``create_graph=True``) or the input gradient of
-a jacobian is wanted (second derivatives of the weights), it goes through the differentiable
-PyTorch reference, as ``grid_gather`` does.
+Second derivatives go through the differentiable PyTorch reference (``hashgrid_kernels.py``, the
+autograd wrapper shared with the C++ CPU kernels).
 
 One program handles BLOCK points of one level (launch grid: point blocks x active levels). The
 kernels cover what the hash grid is used for: 3-D points, 1, 2, 4 or 8 features per level, a
@@ -26,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from models.encodings.gather import _backward_reference, backward_inputs, needs_reference_backward
+from models.encodings.hashgrid_kernels import KernelPair
 from models.encodings.hashgrid_layout import HashGridSampler, hash_grid_levels
 
 # points per program (a multiple of the 32-thread warp; 128 keeps the 8 corners' registers in
@@ -198,65 +197,31 @@ def _launch_grid(n_points: int, n_levels: int) -> Tuple[int, int]:
     return (triton.cdiv(n_points, BLOCK), n_levels)
 
 
-class _HashGridKernel(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, table, sampler, n_levels, with_jac):  # type: ignore[override]
-        ctx.set_materialize_grads(False)
-        xk = x.detach().to(torch.float32).contiguous()
-        tk = table.detach().contiguous()
-        N, Fd = xk.shape[0], tk.shape[1]
-        meta = sampler.kernel_meta(x.device)
-        feats = torch.empty(N, n_levels, Fd, dtype=torch.float32, device=x.device)
-        jac = torch.empty(3, N, n_levels, Fd, dtype=torch.float32, device=x.device) if with_jac else feats
-        if N > 0:
-            _forward_kernel[_launch_grid(N, n_levels)](
-                xk, tk, feats, jac, *meta, N, n_levels * Fd,
-                F=Fd, WITH_JAC=with_jac, SMOOTH=sampler.smoothstep, BLOCK=BLOCK,
-            )
-        ctx.save_for_backward(x, table)
-        ctx.sampler, ctx.n_groups, ctx.with_jac = sampler, n_levels, with_jac
-        return (feats, jac) if with_jac else feats
-
-    @staticmethod
-    def backward(ctx, *grads):  # type: ignore[override]
-        x, table, g_feat, g_jac, need_x, need_t = backward_inputs(ctx, grads)
-        if g_feat is None and g_jac is None:
-            return None, None, None, None, None
-        if needs_reference_backward(g_jac, need_x):
-            gx, gt = _backward_reference(ctx, x, table, g_feat, g_jac, need_x, need_t)
-            return gx, gt, None, None, None
-        xk = x.detach().to(torch.float32).contiguous()
-        tk = table.detach().contiguous()
-        N, Fd = xk.shape[0], tk.shape[1]
-        gt = torch.zeros_like(tk) if need_t else None
-        gx = torch.zeros(N, 3, dtype=torch.float32, device=x.device) if need_x and g_feat is not None else None
-        if N > 0 and (gt is not None or gx is not None):
-            gf = g_feat.to(torch.float32).contiguous() if g_feat is not None else tk
-            gj = g_jac.to(torch.float32).contiguous() if g_jac is not None else tk
-            _backward_kernel[_launch_grid(N, ctx.n_groups)](
-                xk, tk, gf, gj, gt if gt is not None else tk, gx if gx is not None else xk,
-                *ctx.sampler.kernel_meta(x.device), N, ctx.n_groups * Fd,
-                F=Fd, HAS_GFEAT=g_feat is not None, HAS_GJAC=g_jac is not None, NEED_TABLE=gt is not None,
-                NEED_X=gx is not None, SMOOTH=ctx.sampler.smoothstep, BLOCK=BLOCK,
-            )
-        if need_x and gx is None:
-            gx = torch.zeros_like(x)
-        return (None if gx is None else gx.to(x.dtype)), gt, None, None, None
+def _forward(xk, tk, sampler, n_levels, feats, jac) -> None:
+    """Launch the forward kernel (see hashgrid_kernels.py); without a jacobian ``feats`` stands in
+    for its unused pointer."""
+    N, Fd = xk.shape[0], tk.shape[1]
+    _forward_kernel[_launch_grid(N, n_levels)](
+        xk, tk, feats, feats if jac is None else jac, *sampler.kernel_meta(xk.device), N, n_levels * Fd,
+        F=Fd, WITH_JAC=jac is not None, SMOOTH=sampler.smoothstep, BLOCK=BLOCK,
+    )
 
 
-def hashgrid_gather(
-    x: torch.Tensor, table: torch.Tensor, sampler, n_levels: int, with_jac: bool = False
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``grid_gather`` for a hash grid, by the Triton kernels.
+def _backward(xk, tk, sampler, n_levels, gf, gj, gt, gx) -> None:
+    """Launch the backward kernel (see hashgrid_kernels.py); the table stands in for the pointers
+    of missing tensors (the kernel does not touch them)."""
+    N, Fd = xk.shape[0], tk.shape[1]
+    _backward_kernel[_launch_grid(N, n_levels)](
+        xk, tk, tk if gf is None else gf, tk if gj is None else gj, tk if gt is None else gt,
+        xk if gx is None else gx, *sampler.kernel_meta(xk.device), N, n_levels * Fd,
+        F=Fd, HAS_GFEAT=gf is not None, HAS_GJAC=gj is not None, NEED_TABLE=gt is not None,
+        NEED_X=gx is not None and gf is not None, SMOOTH=sampler.smoothstep, BLOCK=BLOCK,
+    )
 
-    x [N, 3] in [0, 1]^3, table [T, F] float32, sampler a ``HashGridSampler``, n_levels active
-    levels -> (feats [N, n_levels, F], jac [3, N, n_levels, F] or None). Differentiable w.r.t.
-    ``table`` and ``x`` (second order through the PyTorch reference).
-    """
-    if with_jac:
-        feats, jac = _HashGridKernel.apply(x, table, sampler, n_levels, True)
-        return feats, jac
-    return _HashGridKernel.apply(x, table, sampler, n_levels, False), None
+
+KERNELS = KernelPair("_HashGridTriton", _forward, _backward)
+# ``grid_gather`` for a hash grid on CUDA tensors, by the Triton kernels (see KernelPair.gather)
+hashgrid_gather = KERNELS.gather
 
 
 _compiled: dict = {}  # (device, F, smoothstep) -> None or why the kernels failed
