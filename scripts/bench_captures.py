@@ -110,14 +110,27 @@ def table(results: List[Dict]) -> str:
     return "\n".join(rows)
 
 
-def main() -> int:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder holding the captures (lego, dtu_scan24, ...)")
     parser.add_argument("--out", type=Path, required=True, help="where logs, runs, previews and results.json go")
     parser.add_argument("--smoke", action="store_true", help="20-step runs of every preset")
     parser.add_argument("--only", nargs="*", help="run only these presets")
     parser.add_argument("extra", nargs="*", help="config overrides added to every run (key=value)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    # "--only neus-blender key=value" puts the override into --only's list: take it back out
+    only = [name for name in args.only or [] if "=" not in name]
+    args.extra = [*(name for name in args.only or [] if "=" in name), *args.extra]
+    known = {p for p, _ in MEASURED_RUNS} | set(SMOKE_RUNS)
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        parser.error(f"--only: unknown preset(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    args.only = only
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         plan = [(p, c) for p, c in SMOKE_RUNS.items()]

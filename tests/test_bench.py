@@ -131,3 +131,15 @@ def test_sso_compare_tiny(tmp_path, tiny_scene_dir, capsys):
         assert saved["mean"]["psnr"] == pytest.approx(r["test_psnr"])
         assert saved["geometry"]["chamfer"] == pytest.approx(r["chamfer"])
     assert "| triplane:" in table and "| frequency:" in table and "786,432" in table
+
+
+def test_bench_captures_takes_overrides_written_after_only(tmp_path):
+    """``--only PRESET key=value``: argparse hands the override to --only; it must reach the runs."""
+    from scripts.bench_captures import parse_args
+
+    args = parse_args(["--data", str(tmp_path), "--out", str(tmp_path), "--only", "neus-blender", "a.b=1.5"])
+    assert args.only == ["neus-blender"] and args.extra == ["a.b=1.5"]
+    args = parse_args(["--data", str(tmp_path), "--out", str(tmp_path), "c=2", "--only", "neus-dtu"])
+    assert args.only == ["neus-dtu"] and args.extra == ["c=2"]
+    with pytest.raises(SystemExit):
+        parse_args(["--data", str(tmp_path), "--out", str(tmp_path), "--only", "neus-blendr"])
