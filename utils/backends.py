@@ -21,9 +21,9 @@ one call: ``"torch"`` always means PyTorch; ``"auto"`` takes the first usable ke
 a CUDA device, the first usable CPU kernel (the hash grid's C++ kernels, ``cpp``, built by the
 caller's ``veto`` probe) for CPU tensors, and PyTorch otherwise, with a one-line notice (once per
 reason) when it falls back; naming a kernel forces it, and a call that cannot use it raises
-``BackendError`` naming the config key. ``NSR_DISABLE_BACKENDS=nerfacc,tcnn`` (environment) makes the named backends count
-as unusable, e.g. to rule out a broken install without removing it. Nothing here imports from
-``datasets/``, ``models/`` or ``systems/``.
+``BackendError`` naming the config key. ``NSR_DISABLE_BACKENDS=nerfacc,tcnn`` (environment) makes
+the named backends count as unusable, e.g. to rule out a broken install without removing it.
+Nothing here imports from ``datasets/``, ``models/`` or ``systems/``.
 """
 from __future__ import annotations
 
@@ -113,8 +113,9 @@ def _detect(name: str) -> Optional[str]:
     if name not in LIBRARIES:
         raise ValueError(f"unknown optional library '{name}'; known: {', '.join(LIBRARIES)}")
     module_name, needs = LIBRARIES[name]
-    if disabled_reason(name) is not None:
-        return disabled_reason(name)
+    disabled = disabled_reason(name)
+    if disabled is not None:
+        return disabled
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

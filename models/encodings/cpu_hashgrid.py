@@ -10,7 +10,7 @@ Second derivatives go through the differentiable PyTorch reference (``hashgrid_k
 autograd wrapper shared with the Triton kernels).
 
 The library is built on first use with the machine's C++ compiler (``$CXX``, else ``c++`` or
-``g++``; about two seconds) into a cache folder (``$NSR_KERNEL_CACHE``, else
+``g++``; a few seconds, once) into a cache folder (``$NSR_KERNEL_CACHE``, else
 ``~/.cache/neural-surface/kernels``), keyed by the source, the compiler and the machine, and
 loaded with ctypes: no PyTorch headers are needed, and no Python package is built. Without a
 compiler ``unavailable_reason`` says so and the hash grid uses PyTorch.

@@ -5,8 +5,9 @@ One parameter, ``table``, whatever is installed; the kernel is chosen per call (
 HashGrid run on this very table (CUDA, ``models/encodings/tcnn.py``), the Triton kernels
 (CUDA, ``models/encodings/triton_hashgrid.py``) or the C++ kernels (CPU,
 ``models/encodings/cpu_hashgrid.py``, built on first use with the machine's compiler). "auto"
-prefers tiny-cuda-nn, then Triton, for CUDA inputs, and the C++ kernels for CPU inputs. tiny-cuda-nn gives no explicit jacobian: ``has_explicit_jacobian`` tells geometries
-to take gradients by autograd instead (its grid encodings support double backward).
+prefers tiny-cuda-nn, then Triton, for CUDA inputs, and the C++ kernels for CPU inputs.
+tiny-cuda-nn gives no explicit jacobian: ``has_explicit_jacobian`` tells geometries to take
+gradients by autograd instead (its grid encodings support double backward).
 
 Layout and indexing follow tiny-cuda-nn's "HashGrid" encoding, so all three compute one function
 of one table:
@@ -44,6 +45,20 @@ from utils.config import at_least, checked, in_range, key_of, non_negative, posi
 # kernel backends of the hash grid, in the order "auto" tries them: for CUDA and for CPU tensors
 KERNELS = ("tcnn", "triton")
 CPU_KERNELS = ("cpp",)
+
+
+def _gather_function(kernel: str):
+    """``grid_gather``'s signature, computed by ``kernel`` ("torch", "triton" or "cpp"; a kernel's
+    module is imported only when a call takes it)."""
+    if kernel == "triton":
+        from models.encodings.triton_hashgrid import hashgrid_gather
+
+        return hashgrid_gather
+    if kernel == "cpp":
+        from models.encodings.cpu_hashgrid import hashgrid_gather
+
+        return hashgrid_gather
+    return grid_gather
 
 
 def _per_level_scale(cfg) -> float:
@@ -181,16 +196,7 @@ class HashGrid(Encoding):
         if kernel == "tcnn":
             return self._tcnn_forward(x)
         n_active = self._n_active()
-        if kernel == "triton":
-            from models.encodings.triton_hashgrid import hashgrid_gather
-
-            feats, _ = hashgrid_gather(x, self.table, self.sampler, n_active)
-        elif kernel == "cpp":
-            from models.encodings.cpu_hashgrid import hashgrid_gather
-
-            feats, _ = hashgrid_gather(x, self.table, self.sampler, n_active)
-        else:
-            feats, _ = grid_gather(x, self.table, self.sampler, n_active)
+        feats, _ = _gather_function(kernel)(x, self.table, self.sampler, n_active)
         return self._pad(feats.reshape(x.shape[0], -1), n_active)
 
     def forward_with_jacobian(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -203,17 +209,8 @@ class HashGrid(Encoding):
             return on_empty_batch(self.forward_with_jacobian, x)
         n_active = self._n_active()
         N, D = x.shape
-        kernel = self.backend_for(x)
-        if kernel == "triton":
-            from models.encodings.triton_hashgrid import hashgrid_gather
-
-            feats, jac = hashgrid_gather(x, self.table, self.sampler, n_active, with_jac=True)
-        elif kernel == "cpp":
-            from models.encodings.cpu_hashgrid import hashgrid_gather
-
-            feats, jac = hashgrid_gather(x, self.table, self.sampler, n_active, with_jac=True)
-        else:
-            feats, jac = grid_gather(x, self.table, self.sampler, n_active, with_jac=True)
+        gather = _gather_function(self.backend_for(x))
+        feats, jac = gather(x, self.table, self.sampler, n_active, with_jac=True)
         feats = self._pad(feats.reshape(N, -1), n_active)
         jac = self._pad(jac.reshape(D, N, -1), n_active).permute(1, 2, 0)
         return feats, jac
