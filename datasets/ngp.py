@@ -14,7 +14,9 @@ root/
 ```
 Poses use the OpenGL/Blender camera axes (x right, y up, z backward) and are converted to OpenCV.
 Frames whose image file is missing are skipped with one warning that counts them. Images are
-undistorted with OpenCV; the scene is normalized from the cameras (``dataset.normalization``).
+undistorted with OpenCV; the scene is normalized from the cameras (``dataset.normalization``), or,
+when it asks for the object's box, from sparse points triangulated from the images with the given
+poses (``datasets/triangulation.py``; the file has none).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ import numpy as np
 from datasets import register
 from datasets.base import DatasetError, image_size, resolve_inside
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView
-from datasets.normalization import NormalizationConfig, normalization_transform
+from datasets.normalization import NormalizationConfig, needs_points, normalization_transform
+from datasets.triangulation import points_for_framing
 from datasets.undistort import LensCamera, from_opencv_params
 
 log = logging.getLogger(__name__)
@@ -119,7 +122,14 @@ class NgpScene(CaptureScene):
             )
         self.n_skipped = len(missing)
         c2w = np.stack([v.c2w for v in self.views])
-        self.world_to_scene = normalization_transform(c2w, None, cfg.normalization, source, radius=self.scene_radius)
+        norm = cfg.normalization
+        self.points_world, self.points_rgb = points_for_framing(self.views, needs_points(norm), source)
+        lenses = [v.camera for v in self.views]
+        self.world_to_scene = normalization_transform(
+            c2w, self.points_world, norm, source, radius=self.scene_radius,
+            intrinsics=np.stack([lens.intrinsics for lens in lenses]),
+            sizes=np.array([(lens.height, lens.width) for lens in lenses]),
+        )
         self.up_is_z = cfg.normalization.up != "none"
         self._finish_setup(source)
 

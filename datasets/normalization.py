@@ -21,7 +21,10 @@ median camera are the object's (the surroundings of an inward-facing capture are
 cameras; stray points far off are in few views); the box spans their ``100 - object_percentile``
 to ``object_percentile`` percentiles along each axis of the up-aligned frame, widened by
 ``object_margin`` on every side. With too few such points it falls back to ``lookat`` /
-``cameras`` with a warning.
+``cameras`` with a warning. When a fifth or more of them lie on one plane that all cameras face
+(``support_plane``: a floor, table top or wall the object stands on or hangs from; on by
+``cut_at_plane``), the frame is turned to lie along that plane and the box starts just in front of
+it, so the plane is rendered by the background model and is not part of the mesh.
 
 The scene stores the inverse, ``scene_to_world`` [4, 4], which mesh export applies so that meshes
 land on the input's sparse points and cameras; ``write_scene_transform`` saves it as JSON.
@@ -59,6 +62,18 @@ class NormalizationConfig:
     object_min_view_fraction: float = checked(in_range(0, 1), default=0.5)
     object_percentile: float = checked(in_range(50, 100, lo_open=True), default=97.5)
     object_margin: float = checked(non_negative(), default=0.15)
+    # 'object': when most of the object's points lie on one plane that all cameras face (a floor,
+    # table top or wall), the box starts just in front of it, turned to lie along it: the plane is
+    # left to the background model and stays out of the mesh
+    cut_at_plane: bool = True
+    # when the input has no sparse points (instant-ngp files, COLMAP models without points3D) and
+    # 'object' or up 'points' needs them: triangulate them from the images with the given poses
+    triangulate: bool = True
+
+
+def needs_points(cfg: NormalizationConfig) -> bool:
+    """Whether ``cfg`` would use sparse points an input lacks, and lets them be triangulated."""
+    return cfg.triangulate and bool({"object", "points"} & {cfg.center, cfg.scale, cfg.up})
 
 
 # --------------------------------------------------------------------------- estimates
@@ -93,12 +108,13 @@ def camera_up(c2w: np.ndarray) -> np.ndarray:
     return up / n
 
 
-def ground_plane_up(points: np.ndarray, towards: np.ndarray, seed: int = 0, iters: int = 256) -> np.ndarray:
-    """Normal of the dominant plane of points [P, 3] (RANSAC, then a least-squares refit of its
-    inliers), turned to the side of ``towards`` [3] (e.g. the mean camera centre) -> unit [3]."""
+def fit_plane(points: np.ndarray, seed: int = 0, iters: int = 256) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The dominant plane of points [P, 3]: RANSAC with an inlier band of 1% of the points'
+    5-95% extent, then a least-squares refit of its inliers -> (unit normal [3], a point on it [3],
+    inlier mask [P] bool, band half-width)."""
     pts = np.asarray(points, dtype=np.float64)
     if pts.shape[0] < 3:
-        raise DatasetError(f"a ground-plane fit needs at least 3 sparse points, got {pts.shape[0]}")
+        raise DatasetError(f"a plane fit needs at least 3 sparse points, got {pts.shape[0]}")
     rng = np.random.default_rng(seed)
     lo, hi = np.percentile(pts, [5, 95], axis=0)
     threshold = 0.01 * float(np.linalg.norm(hi - lo)) + 1e-12
@@ -113,16 +129,84 @@ def ground_plane_up(points: np.ndarray, towards: np.ndarray, seed: int = 0, iter
         if count > best_count:
             best, best_count = (n, a), count
     if best is None:
-        raise DatasetError("the sparse points are collinear: no ground plane to fit")
+        raise DatasetError("the sparse points are collinear: no plane to fit")
     n, a = best
-    inliers = pts[np.abs((pts - a) @ n) < threshold]
-    if len(inliers) >= 3:
-        centred = inliers - inliers.mean(0)
-        n = np.linalg.svd(centred, full_matrices=False)[2][-1]
-        a = inliers.mean(0)
-    if float((np.asarray(towards, dtype=np.float64) - a) @ n) < 0:
+    inliers = np.abs((pts - a) @ n) < threshold
+    if inliers.sum() >= 3:
+        a = pts[inliers].mean(0)
+        n = np.linalg.svd(pts[inliers] - a, full_matrices=False)[2][-1]
+        inliers = np.abs((pts - a) @ n) < threshold
+    return n / np.linalg.norm(n), a, inliers, threshold
+
+
+def ground_plane_up(points: np.ndarray, towards: np.ndarray, seed: int = 0, iters: int = 256) -> np.ndarray:
+    """Normal of the dominant plane of points [P, 3] (``fit_plane``), turned to the side of
+    ``towards`` [3] (e.g. the mean camera centre) -> unit [3]."""
+    n, a, _, _ = fit_plane(points, seed, iters)
+    return -n if float((np.asarray(towards, dtype=np.float64) - a) @ n) < 0 else n
+
+
+@dataclasses.dataclass
+class SupportPlane:
+    """A plane the object stands on or hangs from (a floor, table top or wall): every camera is on
+    the side ``normal`` [3] points to; ``normal @ x == offset`` on it. The object's box starts
+    ``gap`` in front of it, so the plane itself is left to the background model and the mesh."""
+
+    normal: np.ndarray
+    offset: float
+    gap: float
+    kind: Literal["floor", "wall"]
+
+
+#: a support plane holds at least this share of the object's points ...
+MIN_PLANE_SHARE = 0.2
+#: ... has at least this share of the cameras in front of it ...
+MIN_CAMERAS_IN_FRONT = 0.95
+#: ... and leaves at least this share of the object's points in front of it (else the plane is the object)
+MIN_FRONT_SHARE = 0.05
+#: along a support plane, the object's extent counts its points higher than this share of its height
+STANDING_SHARE = 0.1
+
+
+def support_plane(points: np.ndarray, eyes: np.ndarray, up: np.ndarray) -> Optional[SupportPlane]:
+    """The floor or wall behind the object's points [P, 3], seen from camera centres eyes [N, 3],
+    with ``up`` [3] the scene's up direction; None when the dominant plane of the points is not one
+    (too few of the points on it, cameras on both sides, nothing in front, or slanted 30-60 degrees
+    from level / upright)."""
+    pts = np.asarray(points, dtype=np.float64)
+    if len(pts) < MIN_OBJECT_POINTS:
+        return None
+    n, a, inliers, band = fit_plane(pts)
+    if float((eyes.mean(0) - a) @ n) < 0:
         n = -n
-    return n / np.linalg.norm(n)
+    offset = float(n @ a)
+    gap = 2.0 * band  # the band holds the plane's noise: start the box beyond it
+    if inliers.mean() < MIN_PLANE_SHARE:
+        return None
+    if np.mean(eyes @ n - offset > gap) < MIN_CAMERAS_IN_FRONT:
+        return None
+    if (pts @ n - offset > gap).sum() < max(MIN_OBJECT_POINTS, MIN_FRONT_SHARE * len(pts)):
+        return None
+    level = float(n @ (np.asarray(up, dtype=np.float64) / np.linalg.norm(up)))
+    if level > np.cos(np.radians(30)):
+        kind = "floor"
+    elif abs(level) < np.cos(np.radians(60)):
+        kind = "wall"
+    else:
+        return None
+    return SupportPlane(n, offset, gap, kind)
+
+
+def plane_frame(plane: SupportPlane, up: np.ndarray) -> Tuple[np.ndarray, int]:
+    """A rotation [3, 3] into a frame where the plane is axis-aligned with the object on its + side,
+    and that axis: a floor's normal becomes +z (the scene's up), a wall's +x with z the given up
+    made perpendicular to the wall."""
+    if plane.kind == "floor":
+        return rotation_to_z(plane.normal), 2
+    x = plane.normal
+    z = np.asarray(up, dtype=np.float64) - (np.asarray(up, dtype=np.float64) @ x) * x
+    z /= np.linalg.norm(z)
+    return np.stack([x, np.cross(z, x), z]), 0
 
 
 def view_fraction(points: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -265,6 +349,10 @@ def normalization_transform(
         if box is None:  # (warned) the cameras decide instead
             center_mode = "lookat" if center_mode == "object" else center_mode
             scale_mode = "cameras" if scale_mode == "object" else scale_mode
+        else:
+            rotation = box.rotation
+            if box.cut_axis is not None and (center_mode, scale_mode) == ("object", "object"):
+                box = _box_against_plane(box, cfg.object_margin)
     if center_mode == "lookat":
         center = _lookat_or_fallback(c2w, pts, eyes, source)
     elif center_mode == "cameras":
@@ -272,7 +360,7 @@ def normalization_transform(
     elif center_mode == "points":
         center = np.median(pts, axis=0)
     elif center_mode == "object":
-        center = rotation.T @ (0.5 * (box[0] + box[1]))
+        center = rotation.T @ (0.5 * (box.lo + box.hi))
     else:
         center = np.zeros(3)
 
@@ -289,7 +377,7 @@ def normalization_transform(
         scale = radius / dist
     elif scale_mode == "object":
         c = rotation @ center
-        half = float(np.max(np.maximum(box[1] - c, c - box[0]))) * (1.0 + cfg.object_margin)
+        half = float(np.max(np.maximum(box.hi - c, c - box.lo))) * (1.0 + cfg.object_margin)
         if not half > 1e-12:
             raise DatasetError(f"{source}: the object's sparse points all sit at one place: cannot scale from them")
         scale = radius / half
@@ -309,6 +397,20 @@ def normalization_transform(
     return m
 
 
+def _box_against_plane(box: ObjectBox, margin: float) -> ObjectBox:
+    """The box moved along its cut axis so that the cube the model fills (its largest half-size,
+    widened by ``margin``, on every side of its centre) starts where the plane's gap ends: the
+    object keeps its margin on every other side, and nothing behind the plane is in the box."""
+    half = 0.5 * float(np.max(box.hi - box.lo)) * (1.0 + margin)
+    lo, hi = box.lo.copy(), box.hi.copy()
+    centre = 0.5 * (lo + hi)
+    centre[box.cut_axis] = box.cut_at + half
+    # a box of 2 * half / (1 + margin) about that centre keeps the cube's face at cut_at
+    lo[box.cut_axis] = centre[box.cut_axis] - half / (1.0 + margin)
+    hi[box.cut_axis] = centre[box.cut_axis] + half / (1.0 + margin)
+    return dataclasses.replace(box, lo=lo, hi=hi)
+
+
 def _lookat_or_fallback(c2w: np.ndarray, pts: Optional[np.ndarray], eyes: np.ndarray, source: str) -> np.ndarray:
     """The cameras' look-at point, or (axes nearly parallel, with a warning) the points' median / the mean camera."""
     if len(c2w) < 2:
@@ -323,10 +425,25 @@ def _lookat_or_fallback(c2w: np.ndarray, pts: Optional[np.ndarray], eyes: np.nda
     return center
 
 
+@dataclasses.dataclass
+class ObjectBox:
+    """The object's box in a turned frame: ``x_turned = rotation @ x``, spanning lo [3] .. hi [3].
+    With a support plane, ``cut_axis`` is the turned axis along its normal and ``cut_at`` where the
+    box must start on it (the box may not reach behind the plane)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    rotation: np.ndarray
+    cut_axis: Optional[int] = None
+    cut_at: float = 0.0
+    plane: Optional[SupportPlane] = None
+
+
 def _object_box_or_none(c2w, pts, cfg: NormalizationConfig, rotation: np.ndarray, source: str, intrinsics,
-                        sizes) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """The object's box (lo [3], hi [3] in the up-turned frame) for 'object', or None, with a
-    warning naming the key, when there are too few of its points to trust."""
+                        sizes) -> Optional[ObjectBox]:
+    """The object's box for 'object', or None, with a warning naming the key, when there are too few
+    of its points to trust. With ``cut_at_plane`` (and an up direction), a floor or wall the object
+    rests on turns the frame to lie along it and bounds the box (``support_plane``)."""
     eyes = camera_centres(c2w)
     if pts is None:
         log.warning("%s has no sparse points: dataset.normalization 'object' uses the cameras instead "
@@ -342,7 +459,25 @@ def _object_box_or_none(c2w, pts, cfg: NormalizationConfig, rotation: np.ndarray
             cfg.camera_distance,
         )
         return None
-    return object_box(pts[keep], rotation, cfg.object_percentile)
+    obj = pts[keep]
+    plane = support_plane(obj, eyes, rotation[2]) if cfg.cut_at_plane and cfg.up != "none" else None
+    if plane is None:
+        return ObjectBox(*object_box(obj, rotation, cfg.object_percentile), rotation)
+    turned_rotation, axis = plane_frame(plane, rotation[2])
+    height = obj @ plane.normal - plane.offset
+    front = height > plane.gap
+    top = float(np.percentile(height[front], cfg.object_percentile))
+    # along the plane only what stands out by a tenth of the object's height counts: flat things
+    # on the plane (papers, frames, the plane's own noise) do not widen the box
+    tall = front & (height > plane.gap + STANDING_SHARE * top)
+    lo, hi = object_box(obj[tall if tall.sum() >= MIN_OBJECT_POINTS else front], turned_rotation,
+                        cfg.object_percentile)
+    cut_at = plane.offset + plane.gap  # the plane's position along the turned axis, plus the gap
+    lo[axis], hi[axis] = cut_at, plane.offset + top  # the object rests on (or hangs from) the plane
+    log.info("%s: the object %s on a %s (%.0f%% of its sparse points); the scene box starts in front of it "
+             "(dataset.normalization.cut_at_plane)", source, "stands" if plane.kind == "floor" else "hangs",
+             plane.kind, 100.0 * np.mean(np.abs(obj @ plane.normal - plane.offset) < plane.gap / 2), )
+    return ObjectBox(lo, hi, turned_rotation, axis, cut_at, plane)
 
 
 def write_scene_transform(path: Path, scene_to_world: np.ndarray, **info) -> Path:
