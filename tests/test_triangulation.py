@@ -203,3 +203,30 @@ def test_one_view_triangulates_nothing(tmp_path):
     paths, lenses, c2w = textured_plane_views(tmp_path, n=2)
     points, rgb = triangulate_points(paths[:1], lenses[:1], c2w[:1])
     assert points.shape == (0, 3) and rgb.shape == (0, 3)
+
+
+def test_a_colmap_model_with_an_empty_points3d_gets_triangulated_points(tmp_path):
+    """COLMAP models made from known poses (e.g. point_triangulator's input) often have no points."""
+    import pycolmap
+
+    from datasets.colmap import ColmapScene
+
+    paths, lenses, c2w = textured_plane_views(tmp_path)
+    recon = pycolmap.Reconstruction()
+    cam = pycolmap.Camera.create_from_model_name(1, "PINHOLE", F, W, H)
+    cam.params = [F, F, W / 2, H / 2]  # COLMAP's principal point is measured from the corner, as ours
+    (recon.add_camera_with_trivial_rig if hasattr(recon, "add_camera_with_trivial_rig") else recon.add_camera)(cam)
+    for i, (path, pose) in enumerate(zip(paths, c2w)):
+        w2c = np.concatenate([pose[:, :3].T, (-pose[:, :3].T @ pose[:, 3])[:, None]], 1)
+        image = pycolmap.Image(name=path.name, camera_id=1, image_id=i + 1)
+        if hasattr(recon, "add_image_with_trivial_frame"):
+            recon.add_image_with_trivial_frame(image, fx._rigid(w2c))
+        else:  # pycolmap < 3.12
+            image.cam_from_world = fx._rigid(w2c)
+            recon.add_image(image)
+            recon.register_image(i + 1)
+    (tmp_path / "sparse/0").mkdir(parents=True)
+    recon.write_text(str(tmp_path / "sparse/0"))
+    scene = ColmapScene(ColmapScene.Config(root_dir=str(tmp_path), normalization=OBJECT))
+    assert scene.points_world is not None and len(scene.points_world) > 200
+    assert abs(np.median(scene.points_world[:, 2])) < 0.004  # on the photographed plane z = 0
