@@ -156,6 +156,7 @@ class SupportPlane:
     offset: float
     gap: float
     kind: Literal["floor", "wall"]
+    share: float  # of the points on it
 
 
 #: a support plane holds at least this share of the object's points ...
@@ -180,7 +181,11 @@ def support_plane(points: np.ndarray, eyes: np.ndarray, up: np.ndarray) -> Optio
     if float((eyes.mean(0) - a) @ n) < 0:
         n = -n
     offset = float(n @ a)
-    gap = 2.0 * band  # the band holds the plane's noise: start the box beyond it
+    # start the box beyond the plane's noise: 3 sigma of its inliers' distances (robust, from
+    # their median absolute deviation), and at least the RANSAC band (1% of the points' extent)
+    residual = pts[inliers] @ n - offset
+    sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    gap = max(3.0 * sigma, band)
     if inliers.mean() < MIN_PLANE_SHARE:
         return None
     if np.mean(eyes @ n - offset > gap) < MIN_CAMERAS_IN_FRONT:
@@ -194,7 +199,7 @@ def support_plane(points: np.ndarray, eyes: np.ndarray, up: np.ndarray) -> Optio
         kind = "wall"
     else:
         return None
-    return SupportPlane(n, offset, gap, kind)
+    return SupportPlane(n, offset, gap, kind, float(inliers.mean()))
 
 
 def plane_frame(plane: SupportPlane, up: np.ndarray) -> Tuple[np.ndarray, int]:
@@ -436,7 +441,6 @@ class ObjectBox:
     rotation: np.ndarray
     cut_axis: Optional[int] = None
     cut_at: float = 0.0
-    plane: Optional[SupportPlane] = None
 
 
 def _object_box_or_none(c2w, pts, cfg: NormalizationConfig, rotation: np.ndarray, source: str, intrinsics,
@@ -474,10 +478,10 @@ def _object_box_or_none(c2w, pts, cfg: NormalizationConfig, rotation: np.ndarray
                         cfg.object_percentile)
     cut_at = plane.offset + plane.gap  # the plane's position along the turned axis, plus the gap
     lo[axis], hi[axis] = cut_at, plane.offset + top  # the object rests on (or hangs from) the plane
-    log.info("%s: the object %s on a %s (%.0f%% of its sparse points); the scene box starts in front of it "
-             "(dataset.normalization.cut_at_plane)", source, "stands" if plane.kind == "floor" else "hangs",
-             plane.kind, 100.0 * np.mean(np.abs(obj @ plane.normal - plane.offset) < plane.gap / 2), )
-    return ObjectBox(lo, hi, turned_rotation, axis, cut_at, plane)
+    log.info("%s: the object %s a %s (%.0f%% of its sparse points lie on it); the scene box starts in front of it "
+             "(dataset.normalization.cut_at_plane)", source, "stands on" if plane.kind == "floor" else "hangs on",
+             plane.kind, 100.0 * plane.share)
+    return ObjectBox(lo, hi, turned_rotation, axis, cut_at)
 
 
 def write_scene_transform(path: Path, scene_to_world: np.ndarray, **info) -> Path:
