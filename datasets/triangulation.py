@@ -30,13 +30,6 @@ LOWE_RATIO = 0.75
 SIFT_OFFSET_PX = 0.25  # see _features
 
 
-def opencv_matrix(intrinsics: np.ndarray) -> np.ndarray:
-    """K [3, 3] in OpenCV's pixel-centre convention from our (fx, fy, cx, cy) [4], whose principal
-    point is measured from the image corner."""
-    fx, fy, cx, cy = np.asarray(intrinsics, dtype=np.float64)
-    return np.array([[fx, 0.0, cx - 0.5], [0.0, fy, cy - 0.5], [0.0, 0.0, 1.0]])
-
-
 def projection_matrix(c2w: np.ndarray, k: np.ndarray) -> np.ndarray:
     """P = K [R | t] [3, 4] of an OpenCV camera-to-world pose c2w [3, 4]."""
     rot = c2w[:, :3].T
@@ -130,7 +123,7 @@ def triangulate_points(
         return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
     used = sorted({i for pair in pairs for i in pair})
     feats = {i: _features(Path(image_paths[i]), cameras[i], max_side, n_features) for i in used}
-    proj = {i: projection_matrix(c2w[i], opencv_matrix(cameras[i].intrinsics)) for i in used}
+    proj = {i: projection_matrix(c2w[i], cameras[i].opencv_matrix()) for i in used}
     matcher = cv2.BFMatcher(cv2.NORM_L2)
     out_points, out_rgb = [], []
     for i, j in pairs:

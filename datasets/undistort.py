@@ -96,7 +96,9 @@ class LensCamera:
             return bool(np.any(self.dist != 0))
         return True  # a fisheye is never a pinhole, even without polynomial terms
 
-    def _opencv_matrix(self) -> np.ndarray:
+    def opencv_matrix(self) -> np.ndarray:
+        """K [3, 3] of the undistorted pinhole in OpenCV's pixel-centre convention (our principal
+        point is measured from the image corner)."""
         return np.array([[self.fx, 0.0, self.cx - 0.5], [0.0, self.fy, self.cy - 0.5], [0.0, 0.0, 1.0]])
 
     def undistort_maps(self) -> Tuple[np.ndarray, np.ndarray]:
@@ -107,7 +109,7 @@ class LensCamera:
         import cv2
 
         size = (int(self.width), int(self.height))
-        k = self._opencv_matrix()
+        k = self.opencv_matrix()
         if self.kind == "opencv":
             maps = cv2.initUndistortRectifyMap(k, self.dist, None, k, size, cv2.CV_32FC1)
         elif self.kind == "fisheye":

@@ -13,7 +13,7 @@ from datasets.normalization import (
     support_plane,
     transform_points,
 )
-from datasets.triangulation import neighbour_pairs, opencv_matrix, triangulate_points
+from datasets.triangulation import neighbour_pairs, triangulate_points
 from datasets.undistort import LensCamera
 from tests import capture_fixtures as fx
 
@@ -79,7 +79,7 @@ def test_neighbour_pairs_join_near_cameras_that_look_the_same_way():
     for i, j in pairs:  # each pair is among the nearest few and no two views look apart by > 60 degrees
         assert c2w[i, :, 2] @ c2w[j, :, 2] > np.cos(np.radians(60))
         assert np.linalg.norm(eyes[i] - eyes[j]) <= np.sort(np.linalg.norm(eyes - eyes[i], axis=1))[3] + 1e-9
-    assert np.allclose(opencv_matrix([10, 11, 5, 6]), [[10, 0, 4.5], [0, 11, 5.5], [0, 0, 1]])
+    assert np.allclose(LensCamera(20, 20, 10, 11, 5, 6).opencv_matrix(), [[10, 0, 4.5], [0, 11, 5.5], [0, 0, 1]])
 
 
 # ------------------------------------------------------------------------------ support plane
