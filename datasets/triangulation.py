@@ -109,19 +109,22 @@ def _reprojection_error(p: np.ndarray, points: np.ndarray, xy: np.ndarray) -> Tu
 def triangulate_points(
     image_paths: Sequence[Path], cameras: Sequence[LensCamera], c2w: np.ndarray, *, n_neighbours: int = 4,
     max_side: int = 800, n_features: int = 4000, max_reprojection_px: float = 2.0, max_points: int = 50000,
-    seed: int = 0,
+    max_views: int = 120, seed: int = 0,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Sparse points seen by pairs of neighbouring views with known poses: image files and their
     lenses (N), c2w [N, 3, 4] OpenCV camera-to-world -> (points [P, 3] float64, rgb [P, 3] uint8),
     in the poses' frame; P may be 0. ``max_side`` bounds the side (pixels) features are found at;
-    the error bound is in full-size pixels."""
+    the error bound is in full-size pixels. Of more than ``max_views`` views, that many spread
+    over the list are used: framing needs no more, and time and memory grow with the views."""
     import cv2
 
     c2w = np.asarray(c2w, dtype=np.float64)
-    pairs = neighbour_pairs(c2w, n_neighbours)
+    chosen = np.unique(np.linspace(0, len(c2w) - 1, min(len(c2w), max_views)).round().astype(int))
+    pairs = [(int(chosen[i]), int(chosen[j])) for i, j in neighbour_pairs(c2w[chosen], n_neighbours)]
     if not pairs:
         return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
     used = sorted({i for pair in pairs for i in pair})
+    log.info("triangulating sparse points: SIFT on %d views, matching %d pairs ...", len(used), len(pairs))
     feats = {i: _features(Path(image_paths[i]), cameras[i], max_side, n_features) for i in used}
     proj = {i: projection_matrix(c2w[i], cameras[i].opencv_matrix()) for i in used}
     matcher = cv2.BFMatcher(cv2.NORM_L2)

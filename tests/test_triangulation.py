@@ -199,6 +199,14 @@ def test_an_ngp_capture_gets_triangulated_points_when_its_box_is_fitted_to_the_o
     assert cams.points_world is None
 
 
+def test_many_views_are_thinned_to_max_views(tmp_path, caplog):
+    paths, lenses, c2w = textured_plane_views(tmp_path)
+    with caplog.at_level(logging.INFO):
+        points, _ = triangulate_points(paths, lenses, c2w, n_neighbours=2, max_views=3)
+    assert "SIFT on 3 views" in caplog.text
+    assert len(points) > 50 and abs(np.median(points[:, 2])) < 0.004
+
+
 def test_one_view_triangulates_nothing(tmp_path):
     paths, lenses, c2w = textured_plane_views(tmp_path, n=2)
     points, rgb = triangulate_points(paths[:1], lenses[:1], c2w[:1])
