@@ -52,6 +52,18 @@ def textured_plane_views(tmp_path, n=6):
     return paths, [lens] * n, np.stack(c2ws)
 
 
+def write_transforms(root, paths, c2w):
+    """transforms.json (instant-ngp, OpenGL poses, no points) for the photos of textured_plane_views."""
+    frames = []
+    for path, pose in zip(paths, c2w):
+        opengl = np.eye(4)
+        opengl[:3] = pose
+        opengl[:3, 1:3] *= -1
+        frames.append({"file_path": f"images/{path.name}", "transform_matrix": opengl.tolist()})
+    (root / "transforms.json").write_text(json.dumps(
+        {"fl_x": F, "fl_y": F, "cx": W / 2, "cy": H / 2, "w": W, "h": H, "frames": frames}))
+
+
 def test_points_triangulated_with_the_known_poses_lie_on_the_photographed_plane(tmp_path):
     paths, lenses, c2w = textured_plane_views(tmp_path)
     points, rgb = triangulate_points(paths, lenses, c2w, n_neighbours=2)
@@ -178,14 +190,7 @@ def test_no_support_plane_when_the_cameras_surround_it_or_it_is_all_there_is():
 
 def test_an_ngp_capture_gets_triangulated_points_when_its_box_is_fitted_to_the_object(tmp_path, caplog):
     paths, lenses, c2w = textured_plane_views(tmp_path)
-    frames = []
-    for path, pose in zip(paths, c2w):
-        opengl = np.eye(4)
-        opengl[:3] = pose
-        opengl[:3, 1:3] *= -1
-        frames.append({"file_path": f"images/{path.name}", "transform_matrix": opengl.tolist()})
-    (tmp_path / "transforms.json").write_text(json.dumps(
-        {"fl_x": F, "fl_y": F, "cx": W / 2, "cy": H / 2, "w": W, "h": H, "frames": frames}))
+    write_transforms(tmp_path, paths, c2w)
     from datasets.ngp import NgpScene
 
     framed = NgpScene(NgpScene.Config(root_dir=str(tmp_path), normalization=OBJECT))
@@ -211,6 +216,24 @@ def test_one_view_triangulates_nothing(tmp_path):
     paths, lenses, c2w = textured_plane_views(tmp_path, n=2)
     points, rgb = triangulate_points(paths[:1], lenses[:1], c2w[:1])
     assert points.shape == (0, 3) and rgb.shape == (0, 3)
+
+
+def test_photos_without_features_fall_back_to_the_cameras_with_a_warning(tmp_path, caplog):
+    import cv2
+
+    paths, _, c2w = textured_plane_views(tmp_path)
+    for path in paths:  # blank walls: nothing to match
+        cv2.imwrite(str(path), np.full((H, W), 128, np.uint8))
+    write_transforms(tmp_path, paths, c2w)
+    from datasets.ngp import NgpScene
+
+    with caplog.at_level(logging.WARNING):
+        scene = NgpScene(NgpScene.Config(root_dir=str(tmp_path), normalization=OBJECT))
+    assert scene.points_world is None
+    assert "none could be triangulated" in caplog.text and "uses the cameras instead" in caplog.text
+    cams = NgpScene(NgpScene.Config(root_dir=str(tmp_path), normalization=NormalizationConfig(
+        center="lookat", scale="cameras")))
+    assert np.allclose(scene.world_to_scene, cams.world_to_scene)
 
 
 def test_a_colmap_model_with_an_empty_points3d_gets_triangulated_points(tmp_path):
