@@ -37,12 +37,16 @@ from datasets.base import (
 from datasets.blender import RayDataConfig, image_size_problems
 from datasets.cameras import orbit_poses, scale_intrinsics
 from datasets.normalization import (
+    NormalizationConfig,
     camera_up,
     invert_similarity,
     mean_elevation_deg,
+    needs_points,
+    normalization_transform,
     transform_points,
     transform_poses,
 )
+from datasets.triangulation import points_for_framing
 from datasets.undistort import LensCamera
 from utils.config import at_least, checked, each, length, positive, rule
 
@@ -89,8 +93,9 @@ def read_mask(path: Path) -> np.ndarray:
 
 class CaptureScene(Scene):
     """Base of the capture loaders: ``__init__`` checks that ``cfg.root_dir`` is a folder (into
-    ``self.root``, errors naming ``layout``); subclasses then set ``views``, ``world_to_scene``
-    (and optionally ``points_world``) and call ``_finish_setup``."""
+    ``self.root``, errors naming ``layout``); subclasses then set ``views`` (and ``points_world``
+    when the layout has points), call ``_normalize`` (or set ``world_to_scene`` themselves, as DTU
+    does) and ``_finish_setup``."""
 
     layout: str = ""
     #: sparse points [P, 3] in world coordinates (COLMAP's points3D), when the layout has them
@@ -110,6 +115,20 @@ class CaptureScene(Scene):
         self.up_is_z = False
 
     # -------------------------------------------------------------- set-up
+    def _normalize(self, cfg: NormalizationConfig, source: str) -> None:
+        """Set ``world_to_scene`` (and ``up_is_z``) from the views and the sparse points
+        (``points_world``), triangulated from the images first when the layout has none and
+        ``cfg`` needs them."""
+        if self.points_world is None:
+            self.points_world, self.points_rgb = points_for_framing(self.views, needs_points(cfg), source)
+        lenses = [v.camera for v in self.views]
+        self.world_to_scene = normalization_transform(
+            np.stack([v.c2w for v in self.views]), self.points_world, cfg, source, radius=self.scene_radius,
+            intrinsics=np.stack([lens.intrinsics for lens in lenses]),
+            sizes=np.array([(lens.height, lens.width) for lens in lenses]),
+        )
+        self.up_is_z = cfg.up != "none"
+
     def _finish_setup(
         self, source: str, scene_to_world: Optional[np.ndarray] = None, c2w_scene: Optional[np.ndarray] = None
     ) -> None:

@@ -23,8 +23,7 @@ import numpy as np
 from datasets import register
 from datasets.base import DatasetError
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView
-from datasets.normalization import NormalizationConfig, needs_points, normalization_transform
-from datasets.triangulation import points_for_framing
+from datasets.normalization import NormalizationConfig
 from datasets.undistort import from_colmap
 
 LAYOUT = "the COLMAP layout: images/ and sparse/0/ with cameras, images, points3D (.bin or .txt)"
@@ -142,16 +141,7 @@ class ColmapScene(CaptureScene):
         if not np.all(np.isfinite(c2w)):
             bad = np.nonzero(~np.isfinite(c2w.reshape(len(c2w), -1)).all(1))[0].tolist()
             raise DatasetError(f"{source}: camera pose(s) at index {bad[:10]} contain NaN or inf")
-        if self.points_world is None:  # a model made from known poses often has an empty points3D
-            self.points_world, self.points_rgb = points_for_framing(
-                self.views, needs_points(cfg.normalization), source)
-        lenses = [v.camera for v in self.views]
-        self.world_to_scene = normalization_transform(
-            c2w, self.points_world, cfg.normalization, source, radius=self.scene_radius,
-            intrinsics=np.stack([lens.intrinsics for lens in lenses]),
-            sizes=np.array([(lens.height, lens.width) for lens in lenses]),
-        )
-        self.up_is_z = cfg.normalization.up != "none"
+        self._normalize(cfg.normalization, source)  # an empty points3D (known poses) gets triangulated points
         self._finish_setup(source)
 
     @staticmethod

@@ -32,8 +32,7 @@ import numpy as np
 from datasets import register
 from datasets.base import DatasetError, image_size, resolve_inside
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView
-from datasets.normalization import NormalizationConfig, needs_points, normalization_transform
-from datasets.triangulation import points_for_framing
+from datasets.normalization import NormalizationConfig
 from datasets.undistort import LensCamera, from_opencv_params
 
 log = logging.getLogger(__name__)
@@ -121,16 +120,7 @@ class NgpScene(CaptureScene):
                 source, len(missing), len(meta["frames"]), missing[0],
             )
         self.n_skipped = len(missing)
-        c2w = np.stack([v.c2w for v in self.views])
-        norm = cfg.normalization
-        self.points_world, self.points_rgb = points_for_framing(self.views, needs_points(norm), source)
-        lenses = [v.camera for v in self.views]
-        self.world_to_scene = normalization_transform(
-            c2w, self.points_world, norm, source, radius=self.scene_radius,
-            intrinsics=np.stack([lens.intrinsics for lens in lenses]),
-            sizes=np.array([(lens.height, lens.width) for lens in lenses]),
-        )
-        self.up_is_z = cfg.normalization.up != "none"
+        self._normalize(cfg.normalization, source)
         self._finish_setup(source)
 
     @staticmethod

@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from datasets.base import read_image
 from datasets.undistort import LensCamera
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,6 @@ def _features(image_path: Path, camera: LensCamera, max_side: int, n_features: i
     """SIFT keypoints of one undistorted image, in its full-size OpenCV pixel coordinates:
     (xy [K, 2], descriptors [K, 128] float32, rgb [K, 3] uint8)."""
     import cv2
-
-    from datasets.base import read_image
 
     img = read_image(image_path)
     img = camera.undistort(img[..., :3] if img.shape[2] >= 3 else np.repeat(img[..., :1], 3, axis=2))  # grey photos too

@@ -238,6 +238,28 @@ def _rigid(w2c: np.ndarray):
     return pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:, :3]), w2c[:, 3])
 
 
+def add_colmap_camera(recon, camera) -> None:
+    """Add a pycolmap.Camera to a Reconstruction (pycolmap >= 3.12 wants a rig for it)."""
+    if hasattr(recon, "add_camera_with_trivial_rig"):
+        recon.add_camera_with_trivial_rig(camera)
+    else:  # pycolmap < 3.12
+        recon.add_camera(camera)
+
+
+def add_colmap_image(recon, name: str, camera_id: int, image_id: int, c2w: np.ndarray) -> None:
+    """Add a registered image with the OpenCV camera-to-world pose c2w [3, 4] to a Reconstruction."""
+    import pycolmap
+
+    w2c = np.concatenate([c2w[:, :3].T, (-c2w[:, :3].T @ c2w[:, 3])[:, None]], 1)
+    image = pycolmap.Image(name=name, camera_id=camera_id, image_id=image_id)
+    if hasattr(recon, "add_image_with_trivial_frame"):
+        recon.add_image_with_trivial_frame(image, _rigid(w2c))
+    else:  # pycolmap < 3.12
+        image.cam_from_world = _rigid(w2c)
+        recon.add_image(image)
+        recon.register_image(image_id)
+
+
 def write_colmap(root: Path, n: int = 5, size: int = 28, model: str = "OPENCV", shared_camera: bool = True,
                  binary: bool = True, masks: bool = False, sizes: Optional[List[Tuple[int, int]]] = None) -> Capture:
     """COLMAP layout: images/r_i.png rendered through ``model``'s distortion, sparse/0 (binary or
@@ -259,24 +281,14 @@ def write_colmap(root: Path, n: int = 5, size: int = 28, model: str = "OPENCV", 
         camera_id = 1 if shared_camera else i + 1
         cam, lens = cameras[i]
         if camera_id not in recon.cameras:
-            if hasattr(recon, "add_camera_with_trivial_rig"):
-                recon.add_camera_with_trivial_rig(cam)
-            else:  # pycolmap < 3.12
-                recon.add_camera(cam)
+            add_colmap_camera(recon, cam)
         rgba = images[i]
         name = f"r_{i}.png"
         names.append(name)
         _png(root / "images" / name, rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:]) * 0.1)
         if masks:
             _png(root / "masks" / f"{name}.png", rgba[..., 3])
-        w2c = np.concatenate([c2w_world[i, :, :3].T, (-c2w_world[i, :, :3].T @ c2w_world[i, :, 3])[:, None]], 1)
-        image = pycolmap.Image(name=name, camera_id=camera_id, image_id=i + 1)
-        if hasattr(recon, "add_image_with_trivial_frame"):
-            recon.add_image_with_trivial_frame(image, _rigid(w2c))
-        else:  # pycolmap < 3.12
-            image.cam_from_world = _rigid(w2c)
-            recon.add_image(image)
-            recon.register_image(i + 1)
+        add_colmap_image(recon, name, camera_id, i + 1, c2w_world[i])
     pts_world = transform_points(A_TO_WORLD, surface_points(c2w_a, lenses, stride=4))
     for p in pts_world:
         recon.add_point3D(p, pycolmap.Track(), np.array([128, 128, 128], dtype=np.uint8))

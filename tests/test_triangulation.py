@@ -246,16 +246,9 @@ def test_a_colmap_model_with_an_empty_points3d_gets_triangulated_points(tmp_path
     recon = pycolmap.Reconstruction()
     cam = pycolmap.Camera.create_from_model_name(1, "PINHOLE", F, W, H)
     cam.params = [F, F, W / 2, H / 2]  # COLMAP's principal point is measured from the corner, as ours
-    (recon.add_camera_with_trivial_rig if hasattr(recon, "add_camera_with_trivial_rig") else recon.add_camera)(cam)
+    fx.add_colmap_camera(recon, cam)
     for i, (path, pose) in enumerate(zip(paths, c2w)):
-        w2c = np.concatenate([pose[:, :3].T, (-pose[:, :3].T @ pose[:, 3])[:, None]], 1)
-        image = pycolmap.Image(name=path.name, camera_id=1, image_id=i + 1)
-        if hasattr(recon, "add_image_with_trivial_frame"):
-            recon.add_image_with_trivial_frame(image, fx._rigid(w2c))
-        else:  # pycolmap < 3.12
-            image.cam_from_world = fx._rigid(w2c)
-            recon.add_image(image)
-            recon.register_image(i + 1)
+        fx.add_colmap_image(recon, path.name, 1, i + 1, pose)
     (tmp_path / "sparse/0").mkdir(parents=True)
     recon.write_text(str(tmp_path / "sparse/0"))
     scene = ColmapScene(ColmapScene.Config(root_dir=str(tmp_path), normalization=OBJECT))
