@@ -38,11 +38,12 @@ from datasets.blender import RayDataConfig, image_size_problems
 from datasets.cameras import orbit_poses, scale_intrinsics
 from datasets.normalization import (
     NormalizationConfig,
+    SupportPlane,
     camera_up,
+    frame_scene,
     invert_similarity,
     mean_elevation_deg,
     needs_points,
-    normalization_transform,
     transform_points,
     transform_poses,
 )
@@ -113,6 +114,8 @@ class CaptureScene(Scene):
         self._warned_mask_resize = False
         #: whether the normalization turned the scene's up direction onto +z
         self.up_is_z = False
+        #: the floor or wall the scene box was cut at (scene frame), for the set-up picture
+        self.support_plane: Optional[SupportPlane] = None
 
     # -------------------------------------------------------------- set-up
     def _normalize(self, cfg: NormalizationConfig, source: str) -> None:
@@ -122,11 +125,12 @@ class CaptureScene(Scene):
         if self.points_world is None:
             self.points_world, self.points_rgb = points_for_framing(self.views, needs_points(cfg), source)
         lenses = [v.camera for v in self.views]
-        self.world_to_scene = normalization_transform(
+        framing = frame_scene(
             np.stack([v.c2w for v in self.views]), self.points_world, cfg, source, radius=self.scene_radius,
             intrinsics=np.stack([lens.intrinsics for lens in lenses]),
             sizes=np.array([(lens.height, lens.width) for lens in lenses]),
         )
+        self.world_to_scene, self.support_plane = framing.world_to_scene, framing.plane
         self.up_is_z = cfg.up != "none"
 
     def _finish_setup(
@@ -280,6 +284,7 @@ class CaptureScene(Scene):
             points=self.points_scene,
             points_rgb=self.points_rgb,
             load_image=lambda i: self._image(i)[0],
+            plane=self.support_plane,
         )
 
     # -------------------------------------------------------------- splits

@@ -158,6 +158,15 @@ class SupportPlane:
     kind: Literal["floor", "wall"]
     share: float  # of the points on it
 
+    def transformed(self, m: np.ndarray) -> "SupportPlane":
+        """The same plane after the similarity m [4, 4] (x' = m @ [x, 1]): normal, offset and gap
+        in the new frame."""
+        m = np.asarray(m, dtype=np.float64)
+        scale = abs(np.linalg.det(m[:3, :3])) ** (1.0 / 3.0)
+        normal = m[:3, :3] @ self.normal / scale
+        on_plane = transform_points(m, self.normal * self.offset)
+        return dataclasses.replace(self, normal=normal, offset=float(normal @ on_plane), gap=self.gap * scale)
+
 
 #: a support plane holds at least this share of the object's points ...
 MIN_PLANE_SHARE = 0.2
@@ -309,14 +318,32 @@ def transform_poses(m: np.ndarray, c2w: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the whole transform
+@dataclasses.dataclass
+class SceneFraming:
+    """What ``frame_scene`` chose: the world -> scene similarity [4, 4], and the support plane the
+    scene box was cut at (``cut_at_plane``), in the scene frame (None: no cut)."""
+
+    world_to_scene: np.ndarray
+    plane: Optional[SupportPlane] = None
+
+
 def normalization_transform(
     c2w: np.ndarray, points: Optional[np.ndarray], cfg: NormalizationConfig, source: str, radius: float = 1.0,
     intrinsics: Optional[np.ndarray] = None, sizes: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """world -> scene similarity [4, 4] for cameras c2w [N, 3, 4] (OpenCV, world) and optional
+    """``frame_scene``'s world -> scene similarity [4, 4] alone."""
+    return frame_scene(c2w, points, cfg, source, radius, intrinsics, sizes).world_to_scene
+
+
+def frame_scene(
+    c2w: np.ndarray, points: Optional[np.ndarray], cfg: NormalizationConfig, source: str, radius: float = 1.0,
+    intrinsics: Optional[np.ndarray] = None, sizes: Optional[np.ndarray] = None,
+) -> SceneFraming:
+    """The world -> scene similarity for cameras c2w [N, 3, 4] (OpenCV, world) and optional
     sparse points [P, 3] (world), as chosen by ``cfg``, fitting the object into a sphere of
-    ``radius`` (the model's; with 'object', into its box). ``intrinsics`` [N, 4] and ``sizes``
-    [N, 2] (H, W) let 'object' use the cameras' view frustums. ``source`` names the input in errors."""
+    ``radius`` (the model's; with 'object', into its box), and the support plane the box was cut
+    at. ``intrinsics`` [N, 4] and ``sizes`` [N, 2] (H, W) let 'object' use the cameras' view
+    frustums. ``source`` names the input in errors."""
     c2w = np.asarray(c2w, dtype=np.float64)
     has_points = points is not None and len(points) > 0
     for key in ("center", "up", "scale"):
@@ -349,6 +376,7 @@ def normalization_transform(
     # centre
     center_mode, scale_mode = cfg.center, cfg.scale
     box = None
+    cut_plane = None  # (world frame) when the box is cut at a support plane
     if "object" in (center_mode, scale_mode):
         box = _object_box_or_none(c2w, pts, cfg, rotation, source, intrinsics, sizes)
         if box is None:  # (warned) the cameras decide instead
@@ -358,6 +386,7 @@ def normalization_transform(
             rotation = box.rotation
             if box.cut_axis is not None and (center_mode, scale_mode) == ("object", "object"):
                 box = _box_against_plane(box, cfg.object_margin)
+                cut_plane = box.plane
     if center_mode == "lookat":
         center = _lookat_or_fallback(c2w, pts, eyes, source)
     elif center_mode == "cameras":
@@ -399,7 +428,7 @@ def normalization_transform(
                 "the surroundings; check save/scene_setup.png, or set dataset.normalization.scale: cameras",
                 source, inside,
             )
-    return m
+    return SceneFraming(m, None if cut_plane is None else cut_plane.transformed(m))
 
 
 def _box_against_plane(box: ObjectBox, margin: float) -> ObjectBox:
@@ -441,6 +470,7 @@ class ObjectBox:
     rotation: np.ndarray
     cut_axis: Optional[int] = None
     cut_at: float = 0.0
+    plane: Optional[SupportPlane] = None  # the plane it was cut at (world frame)
 
 
 def _object_box_or_none(c2w, pts, cfg: NormalizationConfig, rotation: np.ndarray, source: str, intrinsics,
@@ -481,7 +511,7 @@ def _object_box_or_none(c2w, pts, cfg: NormalizationConfig, rotation: np.ndarray
     log.info("%s: the object %s a %s (%.0f%% of its sparse points lie on it); the scene box starts in front of it "
              "(dataset.normalization.cut_at_plane)", source, "stands on" if plane.kind == "floor" else "hangs on",
              plane.kind, 100.0 * plane.share)
-    return ObjectBox(lo, hi, turned_rotation, axis, cut_at)
+    return ObjectBox(lo, hi, turned_rotation, axis, cut_at, plane)
 
 
 def write_scene_transform(path: Path, scene_to_world: np.ndarray, **info) -> Path:

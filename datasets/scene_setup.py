@@ -4,12 +4,14 @@ so a user can check the framing before a long run.
 ``write_scene_setup(scene, save_dir)`` writes, in the *scene* frame the model works in:
 
 - ``scene_setup.png``: the box [-radius, radius]^3 (model.radius, orange), the cameras as frusta
-  (blue: training views, red: views only validated/tested) and the sparse points (their colours),
-  seen orthographically from the top (+z), the front (-y) and the side (+x) at one scale; below,
-  three training photos with the box's edges and the points projected into them. The box should
-  enclose the object with a small margin, and in the photos its outline should frame the object.
-- ``scene_setup.ply``: the same as vertices (points, frustum corners, box corners), edges (box,
-  frusta) and faces (frusta), for MeshLab / Blender / Open3D.
+  (blue: training views, red: views only validated/tested), the sparse points (their colours) and,
+  when the box was cut at a floor or wall (``dataset.normalization.cut_at_plane``), a patch of that
+  plane (purple grid), seen orthographically from the top (+z), the front (-y) and the side (+x)
+  at one scale; below, three training photos with the box's edges, the plane and the points
+  projected into them. The box should enclose the object with a small margin, and in the photos
+  its outline should frame the object and the plane lie on the floor or wall.
+- ``scene_setup.ply``: the same as vertices (points, frustum corners, box corners, plane patch),
+  edges (box, frusta) and faces (frusta, plane patch), for MeshLab / Blender / Open3D.
 
 A scene says what to draw through ``Scene.setup_overview()`` (a ``SceneOverview``; None: nothing).
 Arrays are numpy (N cameras, P points).
@@ -19,9 +21,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from datasets.normalization import SupportPlane
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ TRAIN_COLOUR = (40, 110, 255)
 EVAL_COLOUR = (230, 40, 40)
 PICKED_COLOUR = (0, 170, 60)  # the cameras whose photos are shown
 POINT_GREY = (110, 110, 110)
+PLANE_COLOUR = (170, 60, 200)  # the floor or wall the box was cut at
 PANEL = 400  # pixels per panel side
 TITLE = 22  # pixels of the strip above each panel that names it
 
@@ -40,8 +46,8 @@ class SceneOverview:
 
     c2w [N, 3, 4] OpenCV camera-to-scene, intrinsics [N, 4] (fx, fy, cx, cy) at sizes [N, 2]
     (H, W), is_train [N] bool, points [P, 3] with optional colours points_rgb [P, 3] uint8,
-    radius (the box is [-radius, radius]^3), and load_image(i) -> rgb [H_i, W_i, 3] float of view i
-    (None: no photos)."""
+    radius (the box is [-radius, radius]^3), load_image(i) -> rgb [H_i, W_i, 3] float of view i
+    (None: no photos), and the support plane the box was cut at (None: none)."""
 
     c2w: np.ndarray
     intrinsics: np.ndarray
@@ -53,6 +59,7 @@ class SceneOverview:
     points_rgb: Optional[np.ndarray] = None
     load_image: Optional[Callable[[int], np.ndarray]] = None
     points_label: str = "sparse points"
+    plane: Optional["SupportPlane"] = None
 
 
 # --------------------------------------------------------------------------- geometry
@@ -79,6 +86,23 @@ def frustum_corners(c2w: np.ndarray, intrinsics: np.ndarray, sizes: np.ndarray, 
 
 FRUSTUM_EDGES = np.array([(0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (2, 3), (3, 4), (4, 1)])
 FRUSTUM_FACES = np.array([(0, 1, 2), (0, 2, 3), (0, 3, 4), (0, 4, 1)])
+
+
+def plane_patch(plane: "SupportPlane", radius: float, n_lines: int = 7) -> Tuple[np.ndarray, np.ndarray]:
+    """A square patch of the plane, 1.5 radius from its centre (the plane's point nearest the
+    scene's centre) to its sides: (corners [4, 3] in order around it, grid segments [2 n_lines, 2, 3])."""
+    n = np.asarray(plane.normal, dtype=np.float64)
+    n = n / np.linalg.norm(n)
+    helper = np.eye(3)[int(np.argmin(np.abs(n)))]  # the axis least along the normal
+    u = np.cross(n, helper)
+    u /= np.linalg.norm(u)
+    v = np.cross(n, u)
+    centre, half = n * plane.offset, 1.5 * radius
+    corners = centre + half * np.array([-u - v, u - v, u + v, -u + v])
+    t = np.linspace(-half, half, n_lines)[:, None]
+    along_v = np.stack([centre + t * u - half * v, centre + t * u + half * v], 1)
+    along_u = np.stack([centre - half * u + t * v, centre + half * u + t * v], 1)
+    return corners, np.concatenate([along_v, along_u])
 
 
 def project(points: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -130,6 +154,9 @@ def _ortho_panel(ov: SceneOverview, title: str, ax_u: int, sign_u: float, ax_v: 
     # axes through the origin
     cv2.line(img, (0, PANEL // 2), (PANEL, PANEL // 2), (225, 225, 225), 1)
     cv2.line(img, (PANEL // 2, 0), (PANEL // 2, PANEL), (225, 225, 225), 1)
+    if ov.plane is not None:
+        for a, b in np.round(px(plane_patch(ov.plane, ov.radius)[1])).astype(int):
+            cv2.line(img, tuple(a), tuple(b), PLANE_COLOUR, 1, cv2.LINE_AA)  # under the points
     if ov.points is not None and len(ov.points):
         q = np.round(px(ov.points)).astype(int)
         ok = (q >= 0).all(1) & (q < PANEL).all(1)
@@ -173,19 +200,29 @@ def _photo_panel(ov: SceneOverview, index: int, number: int) -> np.ndarray:
         xy = uv[ok].astype(int)
         # one half-transparent pixel per point: the object stays visible under them
         small[xy[:, 1], xy[:, 0]] = (0.5 * small[xy[:, 1], xy[:, 0]] + 0.5 * np.array([0, 90, 255])).astype(np.uint8)
+    if ov.plane is not None:
+        _draw_segments(small, plane_patch(ov.plane, ov.radius)[1], c2w, k, PLANE_COLOUR)
     corners = box_corners(ov.radius)
-    t = np.linspace(0, 1, 64)[:, None]
-    for a, b in BOX_EDGES:  # sampled edges: only the parts in front of the camera are drawn
-        uv, front = project(corners[a] + t * (corners[b] - corners[a]), c2w, k)
-        for j in range(len(t) - 1):
-            if front[j] and front[j + 1] and np.abs(uv[j:j + 2]).max() < 1e5:
-                cv2.line(small, tuple(np.round(uv[j]).astype(int)), tuple(np.round(uv[j + 1]).astype(int)),
-                         BOX_COLOUR, 1, cv2.LINE_AA)
+    _draw_segments(small, corners[BOX_EDGES], c2w, k, BOX_COLOUR)
     panel = np.full((PANEL, PANEL, 3), 250, np.uint8)
     top, left = (PANEL - nh) // 2, (PANEL - nw) // 2
     panel[top:top + nh, left:left + nw] = small
     name = ov.names[index] if ov.names else str(index)
     return _titled(panel, f"{number}: {name} with the box and the points", PICKED_COLOUR)
+
+
+def _draw_segments(img: np.ndarray, segments: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, colour) -> None:
+    """Draw 3D segments [K, 2, 3] into the photo img [H, W, 3] of the camera (c2w [3, 4],
+    intrinsics [4]), sampled along their length so that only the parts in front of it are drawn."""
+    import cv2
+
+    t = np.linspace(0, 1, 64)[:, None]
+    for a, b in segments:
+        uv, front = project(a + t * (b - a), c2w, intrinsics)
+        for j in range(len(t) - 1):
+            if front[j] and front[j + 1] and np.abs(uv[j:j + 2]).max() < 1e5:
+                cv2.line(img, tuple(np.round(uv[j]).astype(int)), tuple(np.round(uv[j + 1]).astype(int)),
+                         colour, 1, cv2.LINE_AA)
 
 
 def draw_scene_setup(ov: SceneOverview) -> np.ndarray:
@@ -204,7 +241,7 @@ def draw_scene_setup(ov: SceneOverview) -> np.ndarray:
         photos = [_photo_panel(ov, i, k + 1) for k, i in enumerate(picked)]
         photos += [np.full((TITLE + PANEL, PANEL, 3), 250, np.uint8)] * (3 - len(photos))
         rows.append(np.concatenate(photos, 1))
-    legend = np.full((58, top.shape[1], 3), 255, np.uint8)
+    legend = np.full((58 if ov.plane is None else 82, top.shape[1], 3), 255, np.uint8)
     inside = ""
     if ov.points is not None and len(ov.points):
         k = int((np.abs(ov.points) <= ov.radius).all(1).sum())
@@ -213,6 +250,11 @@ def draw_scene_setup(ov: SceneOverview) -> np.ndarray:
     n_train = int(ov.is_train.sum())
     _text(legend, f"cameras: {n_train} training (blue), {n - n_train} validation/test only (red), "
                   f"numbered green: the photos below", (8, 44), 0.45, (0, 0, 0))
+    if ov.plane is not None:
+        rests = "stands on" if ov.plane.kind == "floor" else "hangs on"
+        _text(legend, f"purple: the {ov.plane.kind} the object {rests} ({100 * ov.plane.share:.0f}% of its points); "
+                      "the box starts in front of it: left to the background, out of the mesh "
+                      "(dataset.normalization.cut_at_plane)", (8, 68), 0.45, (0, 0, 0))
     rows.append(legend)
     grid = np.concatenate(rows, 0)
     return grid
@@ -236,6 +278,11 @@ def write_setup_ply(ov: SceneOverview, path: Path) -> Path:
     colours.append(np.tile(BOX_COLOUR, (8, 1)))
     edges.append(np.concatenate([BOX_EDGES + count, np.tile(BOX_COLOUR, (12, 1))], 1))
     count += 8
+    if ov.plane is not None:  # a square patch of it, two triangles
+        vertices.append(plane_patch(ov.plane, ov.radius)[0])
+        colours.append(np.tile(PLANE_COLOUR, (4, 1)))
+        faces.append(np.array([(0, 1, 2), (0, 2, 3)]) + count)
+        count += 4
     for i, f in enumerate(frusta):
         colour = TRAIN_COLOUR if ov.is_train[i] else EVAL_COLOUR
         vertices.append(f)
@@ -249,7 +296,7 @@ def write_setup_ply(ov: SceneOverview, path: Path) -> Path:
     fc = np.concatenate(faces).astype(np.int64) if faces else np.zeros((0, 3), np.int64)
     header = (
         "ply\nformat ascii 1.0\ncomment nsr-toolkit scene set-up, scene frame: sparse points, model box "
-        f"(radius {ov.radius:g}), camera frusta\n"
+        f"(radius {ov.radius:g}), camera frusta{', support plane' if ov.plane is not None else ''}\n"
         f"element vertex {len(v)}\nproperty float x\nproperty float y\nproperty float z\n"
         "property uchar red\nproperty uchar green\nproperty uchar blue\n"
         f"element face {len(fc)}\nproperty list uchar int vertex_indices\n"

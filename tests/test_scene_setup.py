@@ -122,6 +122,46 @@ def test_a_full_disk_leaves_the_picture_out_with_a_warning(tmp_path, caplog, mon
     assert iio.imread(png).shape[0] < 2 * PANEL
 
 
+def test_the_plane_the_box_was_cut_at_is_drawn_in_the_views_the_photos_and_the_ply(tmp_path):
+    """A floor z = -1.1 (under the box of radius 1): a purple grid in the front and side views (seen
+    edge-on: one horizontal line below the box), and in the photos; a square of it in the PLY."""
+    import imageio.v3 as iio
+
+    from datasets.normalization import SupportPlane
+    from datasets.scene_setup import PLANE_COLOUR, SceneOverview
+
+    floor = SupportPlane(np.array([0.0, 0.0, 1.0]), -1.1, 0.05, "floor", 0.4)
+    c2w = fx.poses_a(3, distance=3.0)
+
+    class Floored(Scene):
+        def __init__(self, plane):
+            super().__init__(None)
+            self.plane = plane
+
+        def setup_overview(self):
+            return SceneOverview(c2w=c2w, intrinsics=np.tile([40.0, 40.0, 32.0, 24.0], (3, 1)),
+                                 sizes=np.tile([48, 64], (3, 1)), is_train=np.ones(3, bool), radius=1.0,
+                                 load_image=lambda i: np.full((48, 64, 3), 0.5), plane=self.plane)
+
+    def purple(img):
+        return np.abs(img.astype(int) - np.array(PLANE_COLOUR)).sum(-1) < 60
+
+    png, ply = write_scene_setup(Floored(floor), tmp_path / "with")
+    img = iio.imread(png)
+    front = purple(img[TITLE:TITLE + PANEL, PANEL:2 * PANEL])
+    ys, _ = np.nonzero(front)
+    box_bottom = np.nonzero(orange(img[TITLE:TITLE + PANEL, PANEL:2 * PANEL]))[0].max()
+    assert len(ys) > 100 and np.ptp(ys) <= 2 and ys.min() > box_bottom  # edge-on, below the box
+    assert purple(img[TITLE:TITLE + PANEL, :PANEL]).sum() > 1000  # seen from the top: a grid
+    assert purple(img[2 * TITLE + PANEL:2 * TITLE + 2 * PANEL]).any()  # in the photos
+    v, colours, faces, _ = read_ply(ply)
+    square = v[(np.abs(colours - np.array(PLANE_COLOUR)).sum(-1) == 0)]
+    assert len(square) == 4 and np.allclose(square[:, 2], -1.1) and np.allclose(np.abs(square[:, :2]), 1.5)
+    assert len(faces) == 4 * 3 + 2
+    png, ply = write_scene_setup(Floored(None), tmp_path / "without")
+    assert not purple(iio.imread(png)).any() and len(read_ply(ply)[2]) == 4 * 3
+
+
 def shared(name):
     from tests.conftest import SHARED_DATA
 

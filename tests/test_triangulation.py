@@ -9,6 +9,7 @@ from datasets.normalization import (
     NormalizationConfig,
     camera_centres,
     camera_up,
+    frame_scene,
     normalization_transform,
     support_plane,
     transform_points,
@@ -151,6 +152,25 @@ def test_a_wall_the_object_hangs_from_stays_out_of_the_box(caplog):
     legacy = NormalizationConfig(center="object", up="cameras", scale="object", cut_at_plane=False)
     m_old = normalization_transform(c2w, pts, legacy, "transforms.json", radius=1.0)
     assert (np.abs(transform_points(m_old, wall)) <= 1.0).all(-1).any()
+
+
+def test_the_framing_reports_the_plane_it_cut_at_in_the_scene_frame():
+    rng = np.random.default_rng(2)
+    c2w = cameras_in_front()
+    wall, obj, frames = wall_scene(rng)
+    framing = frame_scene(c2w, np.concatenate([wall, obj, frames]), OBJECT, "transforms.json", radius=1.0)
+    plane = framing.plane
+    assert plane is not None and plane.kind == "wall" and np.isclose(np.linalg.norm(plane.normal), 1.0)
+    wall_scene_pts = transform_points(framing.world_to_scene, wall)
+    assert np.percentile(np.abs(wall_scene_pts @ plane.normal - plane.offset), 95) < 0.03  # the wall is on it
+    cameras = transform_points(framing.world_to_scene, c2w[:, :, 3])
+    assert (cameras @ plane.normal - plane.offset > plane.gap).all()  # the cameras face it
+    corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=float)
+    assert (corners @ plane.normal - plane.offset >= plane.gap - 1e-6).all()  # the box is in front of it
+    # no cut, no plane: a box fitted to the cameras, or the cut switched off
+    assert frame_scene(c2w, np.concatenate([wall, obj]), NormalizationConfig(), "x").plane is None
+    uncut = NormalizationConfig(center="object", up="cameras", scale="object", cut_at_plane=False)
+    assert frame_scene(c2w, np.concatenate([wall, obj]), uncut, "x").plane is None
 
 
 def test_a_floor_turns_up_onto_its_normal_and_bounds_the_box_from_below():

@@ -455,7 +455,8 @@ class _Parser:
         if isinstance(raw, (DictConfig, ListConfig)):
             raw = to_plain(raw, path)
         if not isinstance(raw, Mapping) or "name" not in raw:
-            self.fail(path, f"expected a mapping with a 'name' key choosing a {registry_kind}")
+            article = "an" if registry_kind[:1] in "aeiou" else "a"
+            self.fail(path, f"expected a mapping with a 'name' key choosing {article} {registry_kind}")
             return None
         if self.components is None:
             raise TypeError(f"config schema at '{path}' holds a {registry_kind} component: "
