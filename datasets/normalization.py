@@ -162,7 +162,7 @@ class SupportPlane:
         """The same plane after the similarity m [4, 4] (x' = m @ [x, 1]): normal, offset and gap
         in the new frame."""
         m = np.asarray(m, dtype=np.float64)
-        scale = abs(np.linalg.det(m[:3, :3])) ** (1.0 / 3.0)
+        scale = similarity_scale(m)
         normal = m[:3, :3] @ self.normal / scale
         on_plane = transform_points(m, self.normal * self.offset)
         return dataclasses.replace(self, normal=normal, offset=float(normal @ on_plane), gap=self.gap * scale)
@@ -284,13 +284,16 @@ def similarity(scale: float, rotation: np.ndarray, center: np.ndarray) -> np.nda
     return m
 
 
+def similarity_scale(m: np.ndarray) -> float:
+    """The scale s of a similarity m [4, 4] (``s R x + t``)."""
+    return abs(float(np.linalg.det(np.asarray(m, dtype=np.float64)[:3, :3]))) ** (1.0 / 3.0)
+
+
 def invert_similarity(m: np.ndarray) -> np.ndarray:
     """Inverse of a similarity [4, 4] (``s R x + t``) without a general matrix inverse."""
     m = np.asarray(m, dtype=np.float64)
-    a = m[:3, :3]
-    s2 = abs(np.linalg.det(a)) ** (2.0 / 3.0)
     inv = np.eye(4)
-    inv[:3, :3] = a.T / s2
+    inv[:3, :3] = m[:3, :3].T / similarity_scale(m) ** 2
     inv[:3, 3] = -inv[:3, :3] @ m[:3, 3]
     return inv
 
@@ -309,8 +312,7 @@ def transform_poses(m: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     """
     m = np.asarray(m, dtype=np.float64)
     c2w = np.asarray(c2w, dtype=np.float64)
-    scale = abs(np.linalg.det(m[:3, :3])) ** (1.0 / 3.0)
-    rot = m[:3, :3] / scale
+    rot = m[:3, :3] / similarity_scale(m)
     out = np.empty_like(c2w)
     out[:, :3, :3] = rot[None] @ c2w[:, :3, :3]
     out[:, :3, 3] = transform_points(m, c2w[:, :3, 3])
@@ -384,7 +386,7 @@ def frame_scene(
             scale_mode = "cameras" if scale_mode == "object" else scale_mode
         else:
             rotation = box.rotation
-            if box.cut_axis is not None and (center_mode, scale_mode) == ("object", "object"):
+            if box.plane is not None and (center_mode, scale_mode) == ("object", "object"):
                 box = _box_against_plane(box, cfg.object_margin)
                 cut_plane = box.plane
     if center_mode == "lookat":
@@ -462,15 +464,19 @@ def _lookat_or_fallback(c2w: np.ndarray, pts: Optional[np.ndarray], eyes: np.nda
 @dataclasses.dataclass
 class ObjectBox:
     """The object's box in a turned frame: ``x_turned = rotation @ x``, spanning lo [3] .. hi [3].
-    With a support plane, ``cut_axis`` is the turned axis along its normal and ``cut_at`` where the
-    box must start on it (the box may not reach behind the plane)."""
+    With a support ``plane`` (world frame), ``cut_axis`` is the turned axis along its normal and
+    ``cut_at`` where the box must start on it (the box may not reach behind the plane)."""
 
     lo: np.ndarray
     hi: np.ndarray
     rotation: np.ndarray
+    plane: Optional[SupportPlane] = None
     cut_axis: Optional[int] = None
-    cut_at: float = 0.0
-    plane: Optional[SupportPlane] = None  # the plane it was cut at (world frame)
+
+    @property
+    def cut_at(self) -> float:
+        """The plane's position along ``cut_axis``, plus its gap."""
+        return self.plane.offset + self.plane.gap
 
 
 def _object_box_or_none(c2w, pts, cfg: NormalizationConfig, rotation: np.ndarray, source: str, intrinsics,
@@ -506,22 +512,21 @@ def _object_box_or_none(c2w, pts, cfg: NormalizationConfig, rotation: np.ndarray
     tall = front & (height > plane.gap + STANDING_SHARE * top)
     lo, hi = object_box(obj[tall if tall.sum() >= MIN_OBJECT_POINTS else front], turned_rotation,
                         cfg.object_percentile)
-    cut_at = plane.offset + plane.gap  # the plane's position along the turned axis, plus the gap
-    lo[axis], hi[axis] = cut_at, plane.offset + top  # the object rests on (or hangs from) the plane
+    box = ObjectBox(lo, hi, turned_rotation, plane, axis)
+    box.lo[axis], box.hi[axis] = box.cut_at, plane.offset + top  # it rests on (or hangs from) the plane
     log.info("%s: the object %s a %s (%.0f%% of its sparse points lie on it); the scene box starts in front of it "
              "(dataset.normalization.cut_at_plane)", source, "stands on" if plane.kind == "floor" else "hangs on",
              plane.kind, 100.0 * plane.share)
-    return ObjectBox(lo, hi, turned_rotation, axis, cut_at, plane)
+    return box
 
 
 def write_scene_transform(path: Path, scene_to_world: np.ndarray, **info) -> Path:
     """Save ``scene_to_world`` [4, 4] (and its inverse) as JSON at ``path``; returns the path."""
     m = np.asarray(scene_to_world, dtype=np.float64)
-    scale = abs(np.linalg.det(m[:3, :3])) ** (1.0 / 3.0)
     payload = {
         "scene_to_world": m.tolist(),
         "world_to_scene": invert_similarity(m).tolist(),
-        "scale": scale,  # one scene unit in world units
+        "scale": similarity_scale(m),  # one scene unit in world units
         "note": "x_world = scene_to_world @ [x_scene, 1]; exported meshes are already in world coordinates",
         **info,
     }
