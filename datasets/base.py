@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 from pathlib import Path
 from typing import List, Literal, Optional, Sequence, Tuple
 
@@ -219,28 +220,92 @@ def require_folder(root: str | Path, layout: str) -> Path:
     return root
 
 
-def resolve_inside(root: Path, relative: str, source: str) -> Path:
-    """``root / relative``, refusing paths that point outside the dataset folder."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise DatasetError(f"{source}: path '{relative}' points outside the dataset folder '{root}'")
-    return path
+class ListedFiles:
+    """Finds the files a camera file lists (``file_path``, ``mask_path``) as such files spell them
+    in the wild: relative to ``base`` (the camera file's folder; ``..`` and symlinked folders
+    allowed), with Windows backslashes, without an extension (each of ``extensions`` is tried),
+    with an extension in another case (``.png`` listed, ``.PNG`` on disk), or as an absolute path
+    from the machine that wrote the file (then ``base/<its folder>/<name>`` and ``base/<name>``)."""
+
+    def __init__(self, base: Path, extensions: Sequence[str]) -> None:
+        self.base = base
+        self.extensions = tuple(e.lower() for e in extensions)
+        self._listings: dict = {}  # folder -> {lower-case name: path}
+
+    def find(self, listed: str) -> Optional[Path]:
+        """The file ``listed`` names, or None when none of its readings exists."""
+        text = str(listed).replace("\\", "/")
+        parts = [q for q in text.split("/") if q not in ("", ".")]
+        if not parts:
+            return None
+        if text.startswith("/") or re.match(r"^[A-Za-z]:/", text):
+            candidates = [Path(text), self.base.joinpath(*parts[-2:]), self.base / parts[-1]]
+        else:
+            candidates = [self.base.joinpath(*parts)]
+        for candidate in candidates:
+            found = self._match(candidate)
+            if found is not None:
+                return found
+        return None
+
+    def _match(self, path: Path) -> Optional[Path]:
+        if path.is_file():
+            return path
+        names = [path.name]
+        if path.suffix.lower() not in self.extensions:
+            names += [path.name + ext for ext in self.extensions]
+        listing = self._listing(path.parent)
+        for name in names:
+            found = listing.get(name.lower())
+            if found is not None:
+                return found
+        return None
+
+    def _listing(self, folder: Path) -> dict:
+        if folder not in self._listings:
+            try:
+                entries = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+            except OSError:
+                entries = []
+            self._listings[folder] = {p.name.lower(): p for p in entries}
+        return self._listings[folder]
+
+
+# colour spaces whose channels are not RGB(A): Pillow converts them to RGB while reading
+_NON_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")
+
+
+def _pillow_mode(path: Path) -> Optional[str]:
+    """Pillow's mode of an image file ('RGB', 'CMYK', ...), from its header; None if Pillow cannot tell."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return str(img.mode)
+    except Exception:  # noqa: BLE001 (not an image Pillow reads: imageio's other plugins may)
+        return None
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file as float32 [H, W, C] in [0, 1] (C = 1, 3 or 4, RGB order)."""
+    """An image file as float32 [H, W, C] in [0, 1] (C = 1, 3 or 4, RGB order). CMYK and other
+    non-RGB colour spaces (e.g. a print-ready JPEG) come as RGB; grey + alpha as RGBA."""
     import imageio.v3 as iio
 
     if not path.is_file():
         raise DatasetError(f"image file '{path}' does not exist")
     try:
-        img = np.asarray(iio.imread(path))
+        if _pillow_mode(path) in _NON_RGB_MODES:
+            img = np.asarray(iio.imread(path, mode="RGB"))
+        else:
+            img = np.asarray(iio.imread(path))
     except Exception as err:  # noqa: BLE001 (each reader has its own exceptions)
         raise DatasetError(f"cannot read image '{path}': {image_error_reason(path, err)}") from err
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim != 3:
         raise DatasetError(f"image '{path}' has an unexpected shape {img.shape}")
+    if img.shape[2] == 2:  # grey + alpha
+        img = img[..., [0, 0, 0, 1]]
     scale = 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
     return img.astype(np.float32) / scale
 

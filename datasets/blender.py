@@ -24,6 +24,7 @@ import torch
 from datasets import register
 from datasets.base import (
     DatasetError,
+    ListedFiles,
     Scene,
     SceneSplit,
     Split,
@@ -33,7 +34,6 @@ from datasets.base import (
     read_image,
     require_folder,
     resize_image,
-    resolve_inside,
     target_size,
     warn_small_images,
 )
@@ -92,6 +92,7 @@ class BlenderScene(Scene):
     def __init__(self, cfg: "BlenderScene.Config", scene_radius: float = 1.0) -> None:
         super().__init__(cfg, scene_radius)
         self.root = require_folder(cfg.root_dir, LAYOUT)
+        self._files = ListedFiles(self.root, (".png", ".jpg", ".jpeg", ".exr"))
         self._warned_small = False
 
     # -------------------------------------------------------------- reading
@@ -134,13 +135,8 @@ class BlenderScene(Scene):
         if "file_path" not in frame:
             raise DatasetError(f"{source}: frame {index} has no 'file_path'")
         rel = str(frame["file_path"])
-        path = resolve_inside(self.root, rel, source)
-        if path.suffix == "" or not path.is_file():
-            for ext in (".png", ".jpg", ".jpeg", ".exr"):
-                candidate = path.with_name(path.name + ext)
-                if candidate.is_file():
-                    return candidate
-        return path
+        found = self._files.find(rel)
+        return found if found is not None else self.root / rel.replace("\\", "/")  # read_image names it
 
     def _load_frames(self, split: str) -> SceneSplit:
         meta = self._meta(split)

@@ -85,11 +85,17 @@ class CaptureView:
 
 def read_mask(path: Path) -> np.ndarray:
     """A mask image (grey, RGB or RGBA) as float32 [H, W, 1] in [0, 1]: the mean of its colour channels
-    (or its alpha, when it has one)."""
+    (or its alpha, when it has one). A mask stored as the integers 0 and 1 (numpy's
+    ``mask.astype(np.uint8)``, common in home-made preprocessing) reads as 0 and 1, not 0 and 1/255."""
     img = read_image(path)
     if img.shape[2] == 4:
-        return img[..., 3:4]
-    return img[..., :3].mean(axis=2, keepdims=True) if img.shape[2] >= 3 else img[..., :1]
+        mask = img[..., 3:4]
+    else:
+        mask = img[..., :3].mean(axis=2, keepdims=True) if img.shape[2] >= 3 else img[..., :1]
+    top = float(mask.max()) if mask.size else 0.0
+    if 0.0 < top <= 1.0 / 255.0 + 1e-6:
+        mask = mask / top
+    return mask
 
 
 class CaptureScene(Scene):
@@ -241,12 +247,15 @@ class CaptureScene(Scene):
     def _split_of(self, index: np.ndarray) -> SceneSplit:
         loaded = [self._image(int(i)) for i in index]
         names = [self.views[int(i)].name for i in index]
-        has_mask, mask_info = self._mask_status([x[1] for x in loaded], [x[2] for x in loaded], names)
+        alphas = [x[1] for x in loaded]
+        has_mask, mask_info = self._mask_status(alphas, [x[2] for x in loaded], names)
+        if not has_mask:  # masks the split does not use must not cut the photos either
+            alphas = [np.ones_like(a) for a in alphas]
         return SceneSplit.from_images(
             c2w=torch.from_numpy(self.c2w_scene[index]).float(),
             intrinsics=torch.stack([self.intrinsics(int(i)) for i in index]),
             images=[x[0] for x in loaded],
-            alphas=[x[1] for x in loaded],
+            alphas=alphas,
             has_mask=has_mask,
             names=names,
             mask_info=mask_info,

@@ -2,12 +2,17 @@
 
 ```
 root/
-  image/000000.png ...     the views, in index order (any image format; sorted by name)
-  mask/000.png ...         optional foreground masks (grey or 3-channel; named like the image
-                           or by the 3-digit index)
+  image/000000.png ...     the views (PNG or JPEG; also images/). A name that is a number is the
+                           view's index i (000012.png, 12.png); names that are not numbers are
+                           indexed in name order
+  mask/000.png ...         optional foreground masks (grey or 3-channel; also masks/), named like
+                           the image or by the index (000.png, 000000.png, 12.png)
   cameras_sphere.npz       world_mat_i: 4x4 projection P = K [R | t] (world -> pixels, the top-left
-  (or cameras.npz)         pixel corner at (0, 0)); scale_mat_i: the normalized sphere -> world
+  (or cameras.npz,         pixel corner at (0, 0)); scale_mat_i: the normalized sphere -> world
+   cameras_large.npz)
 ```
+A folder from which some images were deleted keeps the right camera for the others: view i
+always takes ``world_mat_i`` and mask i.
 Each ``world_mat_i @ scale_mat_i`` is decomposed (RQ) into per-image intrinsics and a pose in the
 normalized frame, where the object lies inside the unit sphere. That frame is the scene frame, so
 ``scene_to_world = scale_mat`` and exported meshes land in DTU's world (millimetres).
@@ -17,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -32,7 +37,8 @@ from utils.mesh import check_similarity
 log = logging.getLogger(__name__)
 
 LAYOUT = "the NeuS/IDR DTU layout: image/, optional mask/, and cameras_sphere.npz or cameras.npz"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".PNG", ".JPEG")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # compared in lower case
+CAMERA_FILES = ("cameras_sphere.npz", "cameras.npz", "cameras_large.npz")  # tried in this order
 
 
 def decompose_projection(p: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -60,18 +66,43 @@ def decompose_projection(p: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return k, c2w
 
 
-def _list_images(folder: Path):
-    return sorted(p for p in folder.iterdir() if p.suffix in IMAGE_EXTENSIONS and p.is_file())
+def _list_images(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def indexed_images(folder: Path) -> List[Tuple[int, Path]]:
+    """The images of ``folder`` with their view index i (the one of world_mat_i), in index order:
+    the number each name is (000012.png -> 12), when the names are distinct numbers; images named
+    otherwise beside them (a stray preview.png) are left out with a warning. When no name is a
+    number: the position in name order."""
+    images = _list_images(folder)
+    numbered = [(int(p.stem), p) for p in images if p.stem.isdigit()]
+    if not numbered or len({i for i, _ in numbered}) != len(numbered):
+        return list(enumerate(images))
+    others = [p.name for p in images if not p.stem.isdigit()]
+    if others:
+        log.warning("'%s': left out %d image(s) whose name is not a view number, e.g. %s", folder, len(others), others[:3])
+    return sorted(numbered)
+
+
+def _first_folder(root: Path, configured: Optional[str], defaults: Tuple[str, ...]) -> Path:
+    """root/configured, or the first of root/defaults that exists (the first when none does)."""
+    if configured:
+        return root / configured
+    for name in defaults:
+        if (root / name).is_dir():
+            return root / name
+    return root / defaults[0]
 
 
 @register("dtu")
 class DTUScene(CaptureScene):
     @dataclasses.dataclass
     class Config(CaptureConfig):
-        # None: cameras_sphere.npz if present, else cameras.npz
+        # None: the first of cameras_sphere.npz, cameras.npz, cameras_large.npz that exists
         cameras_file: Optional[str] = None
-        image_dir: str = "image"
-        mask_dir: str = "mask"
+        image_dir: Optional[str] = None  # None: image/, else images/
+        mask_dir: Optional[str] = None  # None: mask/, else masks/
         # refuse intrinsics whose skew exceeds this fraction of fx (it is dropped)
         max_skew: float = checked(non_negative(), default=0.01)
 
@@ -88,20 +119,25 @@ class DTUScene(CaptureScene):
         except Exception as err:
             raise DatasetError(f"cannot read camera file '{cam_path}': {err}") from err
 
-        image_dir = root / cfg.image_dir
+        image_dir = _first_folder(root, cfg.image_dir, ("image", "images"))
         if not image_dir.is_dir():
-            raise DatasetError(f"'{image_dir}' does not exist (expected {LAYOUT})")
-        images = _list_images(image_dir)
-        if not images:
+            raise DatasetError(f"'{image_dir}' does not exist (expected {LAYOUT}; another folder: set dataset.image_dir)")
+        indexed = indexed_images(image_dir)
+        if not indexed:
             raise DatasetError(f"'{image_dir}' holds no images (expected {LAYOUT})")
-        mask_dir = root / cfg.mask_dir
+        mask_dir = _first_folder(root, cfg.mask_dir, ("mask", "masks"))
         has_masks = mask_dir.is_dir() and cfg.use_masks
+        mask_files = {p.name.lower(): p for p in mask_dir.iterdir() if p.is_file()} if has_masks else {}
+        n_cameras = sum(1 for k in keys if k.startswith("world_mat_") and k[len("world_mat_"):].isdigit())
+        if n_cameras > len(indexed):
+            log.warning("%s holds %d cameras for %d images in '%s': each image takes the camera of its number "
+                        "(world_mat_i for image i)", source, n_cameras, len(indexed), image_dir)
 
         # the normalization: one scale_mat for all views (NeuS writes the same one for each)
         if "scale_mat_0" not in keys:
             raise DatasetError(f"{source}: no 'scale_mat_0' (keys: {sorted(keys)[:8]}...; expected world_mat_i, scale_mat_i)")
         scale_mat = np.asarray(cams["scale_mat_0"], dtype=np.float64)
-        for i in range(len(images)):
+        for i, _ in indexed:
             key = f"scale_mat_{i}"
             if key in keys and not np.allclose(cams[key], scale_mat, rtol=1e-6, atol=1e-8):
                 raise DatasetError(f"{source}: '{key}' differs from 'scale_mat_0'; one normalization is needed")
@@ -113,12 +149,12 @@ class DTUScene(CaptureScene):
             raise DatasetError(f"{source}: 'scale_mat_0' is not a similarity transform: {err}") from err
 
         mask_missing, normalized = [], []
-        for i, path in enumerate(images):
+        for i, path in indexed:
             key = f"world_mat_{i}"
             if key not in keys:
                 raise DatasetError(
-                    f"{source}: no '{key}' for image '{path.name}' ({len(images)} images in '{image_dir}'; "
-                    f"expected world_mat_0..world_mat_{len(images) - 1})"
+                    f"{source}: no '{key}' for image '{path.name}' (view {i}; {len(indexed)} images in '{image_dir}', "
+                    f"{n_cameras} cameras in the file)"
                 )
             world = np.asarray(cams[key], dtype=np.float64)
             if world.shape not in ((4, 4), (3, 4)):
@@ -136,7 +172,7 @@ class DTUScene(CaptureScene):
             cam = LensCamera(width, height, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
             mask_path = None
             if has_masks:
-                mask_path = self._mask_path(mask_dir, path, i)
+                mask_path = self._mask_path(mask_files, path, i)
                 if mask_path is None:
                     mask_missing.append(path.name)
             self.views.append(CaptureView(path.name, path, transform_poses(scale_mat, c2w[None])[0], cam, mask_path))
@@ -150,18 +186,21 @@ class DTUScene(CaptureScene):
         self._finish_setup(source, scene_to_world=scale_mat, c2w_scene=np.stack(normalized))
 
     def _cameras_path(self, root: Path) -> Path:
-        names = [self.cfg.cameras_file] if self.cfg.cameras_file else ["cameras_sphere.npz", "cameras.npz"]
+        names = [self.cfg.cameras_file] if self.cfg.cameras_file else list(CAMERA_FILES)
         for name in names:
             if (root / name).is_file():
                 return root / name
-        raise DatasetError(f"'{root}' has no {' or '.join(names)} (expected {LAYOUT})")
+        others = sorted(p.name for p in root.glob("*.npz"))
+        hint = f"; it has {others[:4]}: set dataset.cameras_file" if others else ""
+        raise DatasetError(f"'{root}' has no {' or '.join(names)} (expected {LAYOUT}{hint})")
 
     @staticmethod
-    def _mask_path(mask_dir: Path, image: Path, index: int) -> Optional[Path]:
-        for stem in (image.stem, f"{index:03d}", f"{index:06d}"):
-            for ext in (".png", ".jpg", ".jpeg"):
-                candidate = mask_dir / f"{stem}{ext}"
-                if candidate.is_file():
-                    return candidate
+    def _mask_path(mask_files: Dict[str, Path], image: Path, index: int) -> Optional[Path]:
+        """The mask of view ``index`` among ``mask_files`` (lower-case file name -> path)."""
+        for stem in (image.stem, f"{index:03d}", f"{index:06d}", str(index)):
+            for ext in IMAGE_EXTENSIONS:
+                found = mask_files.get(f"{stem}{ext}".lower())
+                if found is not None:
+                    return found
         return None
 

@@ -30,7 +30,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from datasets import register
-from datasets.base import DatasetError, image_size, resolve_inside
+from datasets.base import DatasetError, ListedFiles, image_size
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView
 from datasets.normalization import NormalizationConfig
 from datasets.undistort import LensCamera, from_opencv_params
@@ -38,7 +38,7 @@ from datasets.undistort import LensCamera, from_opencv_params
 log = logging.getLogger(__name__)
 
 LAYOUT = "the instant-ngp/nerfstudio layout: transforms.json beside the images it names"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".PNG", ".JPEG", ".exr")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".exr")  # tried when a file_path has none (in any case)
 PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL")
 
 
@@ -66,7 +66,11 @@ class NgpScene(CaptureScene):
         root = self.root
         path = root / cfg.transforms_file
         if not path.is_file():
-            raise DatasetError(f"'{path}' does not exist (expected {LAYOUT})")
+            hint = ""
+            if (root / "transforms_train.json").is_file():
+                hint = ("; it has transforms_train.json: the NeRF-synthetic layout (dataset.name=blender, as in "
+                        "configs/neus-blender.yaml), or set dataset.transforms_file=transforms_train.json")
+            raise DatasetError(f"'{path}' does not exist (expected {LAYOUT}{hint})")
         source = str(path)
         try:
             meta = json.loads(path.read_text())
@@ -81,6 +85,12 @@ class NgpScene(CaptureScene):
 
         lenses: Dict[Tuple, LensCamera] = {}
         missing = []
+        files = ListedFiles(base, IMAGE_EXTENSIONS)
+        if cfg.use_masks and any(isinstance(f, dict) and f.get("mask_path") for f in meta["frames"]):
+            log.warning(
+                "%s: the frames' 'mask_path' masks are read as foreground masks (black: background, composited "
+                "onto the background colour). nerfstudio's masks of pixels to ignore (black: a passer-by, a "
+                "tripod) are not supported: for those set dataset.use_masks=false", source)
         for index, frame in enumerate(meta["frames"]):
             if not isinstance(frame, dict):
                 raise DatasetError(f"{source}: frame {index} is not a mapping")
@@ -96,7 +106,7 @@ class NgpScene(CaptureScene):
                 raise DatasetError(f"{source}: frame {index} 'transform_matrix' must be 4x4, got {matrix.shape}")
             if not np.all(np.isfinite(matrix)):
                 raise DatasetError(f"{source}: frame {index} 'transform_matrix' (camera pose at index [{index}]) contains NaN or inf")
-            image_path = self._image_path(base, str(frame["file_path"]), source)
+            image_path = files.find(str(frame["file_path"]))
             if image_path is None:
                 missing.append(str(frame["file_path"]))
                 continue
@@ -105,9 +115,10 @@ class NgpScene(CaptureScene):
             c2w[:, 1:3] *= -1  # OpenGL -> OpenCV camera axes
             mask_path = None
             if frame.get("mask_path") and cfg.use_masks:
-                mask_path = resolve_inside(base, str(frame["mask_path"]), source)
-                if not mask_path.is_file():
-                    raise DatasetError(f"{source}: frame {index} 'mask_path' '{frame['mask_path']}' does not exist")
+                mask_path = files.find(str(frame["mask_path"]))
+                if mask_path is None:
+                    raise DatasetError(f"{source}: frame {index} 'mask_path' '{frame['mask_path']}' does not exist "
+                                       f"(relative to '{base}'; or set dataset.use_masks=false)")
             self.views.append(CaptureView(image_path.name, image_path, c2w, lens, mask_path))
         if missing:
             if not self.views:
@@ -124,18 +135,6 @@ class NgpScene(CaptureScene):
         self._finish_setup(source)
 
     @staticmethod
-    def _image_path(base: Path, rel: str, source: str):
-        path = resolve_inside(base, rel, source)
-        if path.is_file():
-            return path
-        if path.suffix not in IMAGE_EXTENSIONS:  # NeRF-synthetic style paths without extension
-            for ext in IMAGE_EXTENSIONS:
-                candidate = path.with_name(path.name + ext)
-                if candidate.is_file():
-                    return candidate
-        return None
-
-    @staticmethod
     def _lens(meta, frame, image_path: Path, source: str, index: int, cache) -> LensCamera:
         def pick(key, default=None):
             value = frame.get(key, meta.get(key, default))
@@ -144,7 +143,17 @@ class NgpScene(CaptureScene):
         width, height = image_size(image_path)
         stored_w = _number(pick("w", width), "w", source)
         stored_h = _number(pick("h", height), "h", source)
-        if pick("fl_x") is not None:
+        # intrinsics are given for the stored size (w, h); the image may have been resized since
+        sx, sy = width / stored_w, height / stored_h
+        if abs(sx - sy) > 0.02 * max(sx, sy):
+            raise DatasetError(
+                f"{source}: frame {index} says w={stored_w:g}, h={stored_h:g} but its image '{image_path}' is "
+                f"{width}x{height}, another aspect ratio (rotated or cropped since?): fix 'w'/'h' or the image"
+            )
+        # a frame's own focal length wins over the file's, whichever way each is given
+        per_frame = "fl_x" in frame or "camera_angle_x" in frame
+        use_focal = frame.get("fl_x") is not None if per_frame else meta.get("fl_x") is not None
+        if use_focal:
             fx = _number(pick("fl_x"), "fl_x", source)
             fy = _number(pick("fl_y", fx), "fl_y", source)
         elif pick("camera_angle_x") is not None:
@@ -169,8 +178,6 @@ class NgpScene(CaptureScene):
         fisheye = model == "OPENCV_FISHEYE"
         if not fisheye and coeffs["k4"] != 0:
             raise DatasetError(f"{source}: 'k4' is set but the camera is not a fisheye (camera_model OPENCV_FISHEYE)")
-        # intrinsics are given for the stored size (w, h); the image may have been resized since
-        sx, sy = width / stored_w, height / stored_h
         key = (width, height, fx * sx, fy * sy, cx * sx, cy * sy, fisheye, *coeffs.values())
         if key not in cache:
             cache[key] = from_opencv_params(width, height, fx * sx, fy * sy, cx * sx, cy * sy, fisheye=fisheye, **coeffs)

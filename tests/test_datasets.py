@@ -1,5 +1,6 @@
 """The Blender loader and the synthetic generator, on tiny generated data."""
 import json
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -113,13 +114,21 @@ def test_missing_image_is_named(tiny_scene_dir, tmp_path):
         blender(root).load_split("val")
 
 
-def test_path_outside_dataset_is_refused(tiny_scene_dir, tmp_path):
+def test_path_outside_the_dataset_folder_is_followed_and_a_missing_one_named(tiny_scene_dir, tmp_path):
+    # images kept beside the scene's folder (file_path "../photos/r_0.png") are read from there
     root = tmp_path / "copy"
     shutil.copytree(tiny_scene_dir, root)
     meta = json.loads((root / "transforms_val.json").read_text())
-    meta["frames"][0]["file_path"] = "../../etc/passwd"
+    first = meta["frames"][0]["file_path"]
+    (tmp_path / "photos").mkdir()
+    original = next((root / first).parent.glob(Path(first).name + ".*"))
+    shutil.move(str(original), str(tmp_path / "photos" / original.name))
+    meta["frames"][0]["file_path"] = "../photos/" + Path(first).name
     (root / "transforms_val.json").write_text(json.dumps(meta))
-    with pytest.raises(DatasetError, match="outside the dataset folder"):
+    assert blender(root).load_split("val").has_ground_truth
+    meta["frames"][0]["file_path"] = "../../nowhere/r_0"
+    (root / "transforms_val.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"nowhere/r_0' does not exist"):
         blender(root).load_split("val")
 
 
