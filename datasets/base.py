@@ -43,6 +43,8 @@ class SceneSplit:
 
     has_mask: whether the alpha holds real foreground masks (not all ones, not all empty);
     mask_info says where they came from or why there are none (for messages).
+    pixels_keep [P] bool: the pixels training may draw (False: left out, e.g. a passer-by a mask
+    marks to ignore); None: every pixel.
     """
 
     c2w: Tensor
@@ -53,6 +55,7 @@ class SceneSplit:
     has_mask: bool = False
     names: List[str] = dataclasses.field(default_factory=list)
     mask_info: str = ""
+    pixels_keep: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         n = self.c2w.shape[0]
@@ -69,22 +72,32 @@ class SceneSplit:
             raise DatasetError(f"packed images must be [{total}, 3], got {tuple(self.pixels_rgb.shape)}")
         if self.pixels_alpha is not None and self.pixels_alpha.shape != (total,):
             raise DatasetError(f"packed masks must be [{total}], got {tuple(self.pixels_alpha.shape)}")
+        if self.pixels_keep is not None and (self.pixels_keep.shape != (total,) or self.pixels_keep.dtype != torch.bool):
+            raise DatasetError(f"packed pixels to keep must be bool [{total}], got {tuple(self.pixels_keep.shape)}")
         heights, widths = self.sizes.unique(dim=0).unbind(-1) if n else (torch.zeros(0), torch.zeros(0))
         #: (H, W) when every image has that size, else None
         self.common_size: Optional[Tuple[int, int]] = (int(heights[0]), int(widths[0])) if len(heights) == 1 else None
 
     @classmethod
     def from_images(cls, c2w: Tensor, intrinsics: Tensor, images: Sequence[np.ndarray], alphas: Sequence[np.ndarray],
-                    has_mask: bool, names: Sequence[str] = (), mask_info: str = "") -> "SceneSplit":
-        """Pack per-image rgb [H_i, W_i, 3] and alpha [H_i, W_i] (numpy float32) into a split."""
+                    has_mask: bool, names: Sequence[str] = (), mask_info: str = "",
+                    keeps: Optional[Sequence[Optional[np.ndarray]]] = None) -> "SceneSplit":
+        """Pack per-image rgb [H_i, W_i, 3], alpha [H_i, W_i] (numpy float32) and, optionally, the
+        pixels to keep [H_i, W_i] bool (None for an image: all of them) into a split."""
         sizes = torch.tensor([img.shape[:2] for img in images], dtype=torch.int64).reshape(-1, 2)
         for img, a in zip(images, alphas):
             if a.shape != img.shape[:2]:
                 raise DatasetError(f"a mask is {a.shape} but its image is {img.shape[:2]}")
         rgb = torch.from_numpy(np.concatenate([np.asarray(img, np.float32).reshape(-1, 3) for img in images]))
         alpha = torch.from_numpy(np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in alphas]))
+        keep = None
+        if keeps is not None and any(k is not None for k in keeps):
+            keep = torch.from_numpy(np.concatenate([
+                np.ones(a.size, dtype=bool) if k is None else np.asarray(k, dtype=bool).reshape(-1)
+                for a, k in zip(alphas, keeps)
+            ]))
         return cls(c2w=c2w, intrinsics=intrinsics, sizes=sizes, pixels_rgb=rgb, pixels_alpha=alpha,
-                   has_mask=has_mask, names=list(names), mask_info=mask_info)
+                   has_mask=has_mask, names=list(names), mask_info=mask_info, pixels_keep=keep)
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
@@ -139,26 +152,32 @@ class SceneSplit:
                       has_mask=self.has_mask, names=list(self.names), mask_info=self.mask_info)
         if self.pixels_rgb is None:
             return SceneSplit(**fields)
-        images, alphas = [], []
+        images, alphas, keeps = [], [], []
         for i, (h, w) in enumerate(sizes):
             alpha = self.mask(i).numpy()[..., None]
             premultiplied = resize_image(self.image(i).numpy() * alpha, w, h)
             alpha = resize_image(alpha, w, h)
             images.append(np.clip(premultiplied / np.maximum(alpha, 1e-8), 0.0, 1.0) * (alpha > 0))
             alphas.append(np.clip(alpha[..., 0], 0.0, 1.0))
-        return SceneSplit.from_images(images=images, alphas=alphas, **{k: v for k, v in fields.items() if k != "sizes"})
+            if self.pixels_keep is not None:  # a pixel that is partly left out stays out
+                start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
+                kept = self.pixels_keep[start:stop].view(*self.size(i)).numpy().astype(np.float32)[..., None]
+                keeps.append(resize_image(kept, w, h)[..., 0] > 0.99)
+        return SceneSplit.from_images(images=images, alphas=alphas, keeps=keeps or None,
+                                      **{k: v for k, v in fields.items() if k != "sizes"})
 
     def take(self, index: Tensor) -> "SceneSplit":
         """A split holding only the views at ``index`` [K] (int64), in that order."""
         index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
-        rgb = alpha = None
+        rgb = alpha = keep = None
         if self.pixels_rgb is not None:
             rows = torch.cat([torch.arange(int(self.offsets[i]), int(self.offsets[i + 1])) for i in index.tolist()]) \
                 if len(index) else torch.zeros(0, dtype=torch.int64)
             rgb = self.pixels_rgb[rows]
             alpha = None if self.pixels_alpha is None else self.pixels_alpha[rows]
+            keep = None if self.pixels_keep is None else self.pixels_keep[rows]
         return SceneSplit(c2w=self.c2w[index], intrinsics=self.intrinsics[index], sizes=self.sizes[index],
-                          pixels_rgb=rgb, pixels_alpha=alpha, has_mask=self.has_mask,
+                          pixels_rgb=rgb, pixels_alpha=alpha, pixels_keep=keep, has_mask=self.has_mask,
                           names=[self.names[i] for i in index.tolist()] if self.names else [],
                           mask_info=self.mask_info)
 
@@ -239,7 +258,9 @@ class ListedFiles:
         if not parts:
             return None
         if text.startswith("/") or re.match(r"^[A-Za-z]:/", text):
-            candidates = [Path(text), self.base.joinpath(*parts[-2:]), self.base / parts[-1]]
+            # as written when it exists here, else its tail under base: the longest tail first
+            candidates = [Path(text)] if text.startswith("/") else []
+            candidates += [self.base.joinpath(*parts[k:]) for k in range(1, len(parts))]
         else:
             candidates = [self.base.joinpath(*parts)]
         for candidate in candidates:

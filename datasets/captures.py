@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -81,6 +82,9 @@ class CaptureView:
     c2w: np.ndarray
     camera: LensCamera
     mask_path: Optional[Path] = None
+    # the mask marks pixels to leave out of training (black), as nerfstudio's masks do, instead of
+    # the foreground
+    mask_ignores: bool = False
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -93,7 +97,9 @@ def read_mask(path: Path) -> np.ndarray:
     else:
         mask = img[..., :3].mean(axis=2, keepdims=True) if img.shape[2] >= 3 else img[..., :1]
     top = float(mask.max()) if mask.size else 0.0
-    if 0.0 < top <= 1.0 / 255.0 + 1e-6:
+    lossless = path.suffix.lower() not in (".jpg", ".jpeg")  # a JPEG's 0/1 would blur into 0, 1, 2, ...
+    integer_one = any(math.isclose(top, 1.0 / m, rel_tol=1e-5) for m in (255.0, 65535.0))  # 8 or 16 bits
+    if lossless and integer_one and bool(np.all((mask == 0) | (mask == top))):
         mask = mask / top
     return mask
 
@@ -176,9 +182,10 @@ class CaptureScene(Scene):
         return None if self.points_world is None else transform_points(self.world_to_scene, self.points_world)
 
     # -------------------------------------------------------------- images
-    def _image(self, index: int) -> Tuple[np.ndarray, np.ndarray, bool]:
-        """(rgb [h, w, 3], alpha [h, w], has_mask) of view ``index``: undistorted, resized to its
-        loaded size (``loaded_size``)."""
+    def _image(self, index: int) -> Tuple[np.ndarray, np.ndarray, bool, Optional[np.ndarray]]:
+        """(rgb [h, w, 3], alpha [h, w], has_mask, keep) of view ``index``: undistorted, resized to its
+        loaded size (``loaded_size``); keep [h, w] bool: the pixels to train on, from a mask of
+        pixels to ignore (``CaptureView.mask_ignores``), else None (all)."""
         if index in self._images:
             return self._images[index]
         view = self.views[index]
@@ -193,16 +200,22 @@ class CaptureScene(Scene):
         if img.shape[2] == 4 and self.cfg.use_masks:  # an RGBA capture: its alpha is the mask
             alpha, has_mask = img[..., 3:4], True
         rgb = img[..., :3] if img.shape[2] >= 3 else np.repeat(img[..., :1], 3, axis=2)
+        keep = None
         if view.mask_path is not None and self.cfg.use_masks:
-            alpha = self._read_mask_for(view, rgb.shape[1], rgb.shape[0])
-            has_mask = True
+            mask = self._read_mask_for(view, rgb.shape[1], rgb.shape[0])
+            if view.mask_ignores:
+                keep = mask
+            else:
+                alpha, has_mask = mask, True
         w, h = self.loaded_size(index)
         rgb = resize_image(cam.undistort(rgb), w, h)
         if alpha is None:
             alpha = np.ones((h, w), dtype=np.float32)
         else:
             alpha = resize_image(cam.undistort(alpha, is_mask=True), w, h)[..., 0]
-        out = (np.clip(rgb, 0, 1).astype(np.float32), np.clip(alpha, 0, 1).astype(np.float32), has_mask)
+        if keep is not None:  # a pixel that is partly ignored is left out
+            keep = resize_image(cam.undistort(keep, is_mask=True), w, h)[..., 0] > 0.99
+        out = (np.clip(rgb, 0, 1).astype(np.float32), np.clip(alpha, 0, 1).astype(np.float32), has_mask, keep)
         self._images[index] = out
         return out
 
@@ -256,6 +269,7 @@ class CaptureScene(Scene):
             intrinsics=torch.stack([self.intrinsics(int(i)) for i in index]),
             images=[x[0] for x in loaded],
             alphas=alphas,
+            keeps=[x[3] for x in loaded],
             has_mask=has_mask,
             names=names,
             mask_info=mask_info,

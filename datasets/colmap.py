@@ -17,13 +17,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from datasets import register
-from datasets.base import DatasetError, image_size
+from datasets.base import DatasetError, ListedFiles, image_size
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView
 from datasets.normalization import NormalizationConfig
 from datasets.undistort import from_colmap
@@ -58,14 +59,13 @@ def registered_count(folder: Path) -> int:
     if binary.is_file():
         with binary.open("rb") as f:
             return int(np.frombuffer(f.read(8), dtype="<u8")[0]) if binary.stat().st_size >= 8 else 0
-    count, points_line_next = 0, False
+    count, pending = 0, False
     for line in (folder / "images.txt").read_text(errors="replace").splitlines():
-        if points_line_next:  # as COLMAP reads it: the line after an image's is its POINTS2D, empty or not
-            points_line_next = False
-            continue
-        if line.strip() and not line.lstrip().startswith("#"):
-            count, points_line_next = count + 1, True
-    return count
+        if pending:  # as COLMAP reads it: the line after an image's is its POINTS2D, empty or not
+            count, pending = count + 1, False
+        elif line.strip() and not line.lstrip().startswith("#"):
+            pending = True
+    return count  # an image line with no line after it is dropped, as COLMAP's reader does
 
 
 def find_model_dir(root: Path, sparse_dir: Optional[str]) -> Path:
@@ -78,7 +78,7 @@ def find_model_dir(root: Path, sparse_dir: Optional[str]) -> Path:
         raise DatasetError(f"dataset.sparse_dir: no COLMAP model in '{root / sparse_dir}': expected cameras, "
                            f"images and points3D as .bin or .txt ({LAYOUT})")
     for parent in (root / "sparse", root / "colmap" / "sparse"):
-        numbered = sorted((p for p in parent.glob("*") if p.name.isdigit() and is_model_dir(p)),
+        numbered = sorted((p for p in parent.glob("*") if re.fullmatch(r"[0-9]+", p.name) and is_model_dir(p)),
                           key=lambda p: int(p.name)) if parent.is_dir() else []
         if numbered:
             counts = [registered_count(p) for p in numbered]
@@ -88,14 +88,16 @@ def find_model_dir(root: Path, sparse_dir: Optional[str]) -> Path:
                             "set dataset.sparse_dir for another", parent, len(numbered),
                             ", ".join(f"{p.name}: {c} images" for p, c in zip(numbered, counts)),
                             best.relative_to(root))
+            log.info("COLMAP model: '%s'", best)
             return best
         if is_model_dir(parent):
             return parent
-    elsewhere = [p for p in (root / "distorted" / "sparse" / "0", root / "colmap" / "sparse") if is_model_dir(p)]
+    elsewhere = [p for p in (root / "distorted" / "sparse" / "0",) if is_model_dir(p)]
     hint = (f"; there is one in '{elsewhere[0]}': set dataset.sparse_dir={elsewhere[0].relative_to(root)} "
             "(and dataset.images_dir to the photos it was made from)") if elsewhere else ""
     raise DatasetError(
-        f"no COLMAP model in '{root / 'sparse/0'}', '{root / 'sparse'}' or another sparse/<N>: expected cameras, "
+        f"no COLMAP model in '{root / 'sparse/0'}', another sparse/<N>, '{root / 'sparse'}' or colmap/sparse/<N>: "
+        "expected cameras, "
         f"images and points3D as .bin or .txt ({LAYOUT}){hint}"
     )
 
@@ -146,6 +148,7 @@ class ColmapScene(CaptureScene):
         recon = read_reconstruction(model_dir)
         masks_dir = root / cfg.masks_dir
         use_masks = cfg.use_masks and masks_dir.is_dir()
+        masks = ListedFiles(masks_dir, (".png",))
 
         lenses = {}
         missing, no_mask = [], []
@@ -164,7 +167,7 @@ class ColmapScene(CaptureScene):
                 lenses[image.camera_id] = from_colmap(camera, source)
             w2c = cam_from_world_matrix(image)
             c2w = np.concatenate([w2c[:, :3].T, (-w2c[:, :3].T @ w2c[:, 3])[:, None]], axis=1)
-            mask_path = self._mask_path(masks_dir, image.name) if use_masks else None
+            mask_path = self._mask_path(masks, image.name) if use_masks else None
             if use_masks and mask_path is None:
                 no_mask.append(image.name)
             self.views.append(CaptureView(image.name, path, c2w, lenses[image.camera_id], mask_path))
@@ -195,13 +198,18 @@ class ColmapScene(CaptureScene):
     def _report_registration(self, images_dir: Path, source: str) -> None:
         """Log how many of the photos in ``images_dir`` the model registers; warn when fewer than
         half (a partial reconstruction, or a text model whose images.txt lacks the POINTS2D lines)."""
-        photos = sum(1 for p in images_dir.rglob("*") if p.suffix.lower() in PHOTO_EXTENSIONS and p.is_file())
+        nested = any("/" in v.name for v in self.views)  # photos in sub-folders: count those too
+        listing = images_dir.rglob("*") if nested else images_dir.iterdir()
+        photos = sum(1 for p in listing if p.suffix.lower() in PHOTO_EXTENSIONS and p.is_file())
         n = len(self.views)
         if photos > n:
+            # every second pose line taken for a POINTS2D line registers about half the photos
+            halved = (Path(source) / "images.txt").is_file() and abs(2 * n - photos) <= 1
             hint = (" (in a hand-written images.txt every image needs two lines: the second, its POINTS2D, may "
-                    "be empty)") if (Path(source) / "images.txt").is_file() else ""
-            log.warning("%s registers %d of the %d photos in '%s': the other %d are left out%s",
-                        source, n, photos, images_dir, photos - n, hint)
+                    "be empty)") if halved else ""
+            report = log.warning if n < 0.8 * photos else log.info
+            report("%s registers %d of the %d photos in '%s': the other %d are left out%s",
+                   source, n, photos, images_dir, photos - n, hint)
         else:
             log.info("%s: %d of the %d photos in '%s' registered", source, n, photos, images_dir)
 
@@ -226,8 +234,10 @@ class ColmapScene(CaptureScene):
         return scaled
 
     @staticmethod
-    def _mask_path(masks_dir: Path, name: str) -> Optional[Path]:
-        for candidate in (masks_dir / f"{name}.png", (masks_dir / name).with_suffix(".png"), masks_dir / name):
-            if candidate.is_file():
-                return candidate
+    def _mask_path(masks: ListedFiles, name: str) -> Optional[Path]:
+        """The mask of image ``name``: NAME.png, NAME with .png for its extension, or NAME (any case)."""
+        for candidate in (f"{name}.png", str(Path(name).with_suffix(".png")), name):
+            found = masks.find(candidate)
+            if found is not None:
+                return found
         return None

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from datasets.base import Scene, SceneSplit, eval_downscale_factor
+from datasets.base import DatasetError, Scene, SceneSplit, eval_downscale_factor
 from datasets.cameras import camera_rays, pixel_directions, pixel_directions_at
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def composite(rgb: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
 
 class RandomRays(IterableDataset):
     """Endless batches of random training rays, each through the centre of a real pixel of a
-    training image (images may differ in size).
+    training image (images may differ in size), never one the split leaves out (``pixels_keep``).
 
     Each item: rays_o [n, 3], rays_d [n, 3] (world/scene frame, unit), rgb [n, 3] (ground truth
     composited over ``background``), alpha [n], background [n, 3]. Without ``image_sampling`` every
@@ -56,12 +56,30 @@ class RandomRays(IterableDataset):
         self.image_sampling = image_sampling
         self.background = background
         self.seed = seed
+        # rows of the pixels training may draw, and where each image's start among them
+        self.kept_rows: Optional[Tensor] = None
+        if split.pixels_keep is not None:
+            self.kept_rows = torch.nonzero(split.pixels_keep)[:, 0]
+            if self.kept_rows.numel() == 0:
+                raise DatasetError("the masks of the training images leave out every pixel (masks of pixels to "
+                                   "ignore; fix them or set dataset.use_masks=false)")
+            self.kept_starts = torch.searchsorted(self.kept_rows, split.offsets)  # [N + 1]
+            self.images_with_pixels = torch.nonzero(self.kept_starts[1:] > self.kept_starts[:-1])[:, 0]
 
     def draw_pixels(self, generator: torch.Generator) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """n random pixels -> (image index [n], x [n], y [n], row in the packed pixels [n]), int64."""
         s = self.split
         n = self.n_rays
-        if s.common_size is not None:
+        if self.kept_rows is not None:
+            if self.image_sampling:
+                pick = torch.randint(0, len(self.images_with_pixels), (1,), generator=generator)
+                one = int(self.images_with_pixels[pick])
+                lo, hi = int(self.kept_starts[one]), int(self.kept_starts[one + 1])
+            else:
+                lo, hi = 0, int(self.kept_rows.numel())
+            row = self.kept_rows[torch.randint(lo, hi, (n,), generator=generator)]
+            img = torch.searchsorted(s.offsets, row, right=True) - 1
+        elif s.common_size is not None:
             # one size: image, then x, then y, as the toolkit always drew them (runs reproduce exactly)
             h, w = s.common_size
             if self.image_sampling:
@@ -71,7 +89,7 @@ class RandomRays(IterableDataset):
             x = torch.randint(0, w, (n,), generator=generator)
             y = torch.randint(0, h, (n,), generator=generator)
             return img, x, y, (img * h + y) * w + x
-        if self.image_sampling:
+        elif self.image_sampling:
             one = int(torch.randint(0, len(s), (1,), generator=generator))
             start, stop = int(s.offsets[one]), int(s.offsets[one + 1])
             row = torch.randint(start, stop, (n,), generator=generator)

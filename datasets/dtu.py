@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
 from datasets import register
-from datasets.base import DatasetError, image_size
+from datasets.base import DatasetError, ListedFiles, image_size
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView
 from datasets.normalization import invert_similarity, transform_poses
 from datasets.undistort import LensCamera
@@ -70,19 +71,26 @@ def _list_images(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def indexed_images(folder: Path) -> List[Tuple[int, Path]]:
-    """The images of ``folder`` with their view index i (the one of world_mat_i), in index order:
-    the number each name is (000012.png -> 12), when the names are distinct numbers; images named
-    otherwise beside them (a stray preview.png) are left out with a warning. When no name is a
-    number: the position in name order."""
+def indexed_images(folder: Path, has_camera: Callable[[int], bool]) -> List[Tuple[int, Path]]:
+    """The images of ``folder`` with their view index i (the one of world_mat_i), in index order.
+    When most names are numbers (000012.png, 12.png) and each has its camera (``has_camera``),
+    the number is the index: a folder from which images were deleted keeps its pairing, and
+    images named otherwise beside them (a stray preview.png) are left out with a warning. Else
+    the position in name order."""
     images = _list_images(folder)
-    numbered = [(int(p.stem), p) for p in images if p.stem.isdigit()]
-    if not numbered or len({i for i, _ in numbered}) != len(numbered):
-        return list(enumerate(images))
-    others = [p.name for p in images if not p.stem.isdigit()]
-    if others:
-        log.warning("'%s': left out %d image(s) whose name is not a view number, e.g. %s", folder, len(others), others[:3])
-    return sorted(numbered)
+    numbered = [(int(p.stem), p) for p in images if re.fullmatch(r"[0-9]+", p.stem)]
+    numbers = [i for i, _ in numbered]
+    if 2 * len(numbered) > len(images) and len(set(numbers)) == len(numbers):
+        if all(has_camera(i) for i in numbers):
+            others = [p.name for p in images if not re.fullmatch(r"[0-9]+", p.stem)]
+            if others:
+                log.warning("'%s': left out %d image(s) whose name is not a view number, e.g. %s",
+                            folder, len(others), others[:3])
+            return sorted(numbered)
+        log.warning("'%s': the image numbers are not the camera file's view numbers (no world_mat_%d for '%s'): "
+                    "images take the cameras in name order", folder,
+                    next(i for i in numbers if not has_camera(i)), next(p.name for i, p in numbered if not has_camera(i)))
+    return list(enumerate(images))
 
 
 def _first_folder(root: Path, configured: Optional[str], defaults: Tuple[str, ...]) -> Path:
@@ -122,16 +130,15 @@ class DTUScene(CaptureScene):
         image_dir = _first_folder(root, cfg.image_dir, ("image", "images"))
         if not image_dir.is_dir():
             raise DatasetError(f"'{image_dir}' does not exist (expected {LAYOUT}; another folder: set dataset.image_dir)")
-        indexed = indexed_images(image_dir)
+        indexed = indexed_images(image_dir, lambda i: f"world_mat_{i}" in keys)
         if not indexed:
             raise DatasetError(f"'{image_dir}' holds no images (expected {LAYOUT})")
         mask_dir = _first_folder(root, cfg.mask_dir, ("mask", "masks"))
         has_masks = mask_dir.is_dir() and cfg.use_masks
-        mask_files = {p.name.lower(): p for p in mask_dir.iterdir() if p.is_file()} if has_masks else {}
+        mask_files = ListedFiles(mask_dir, IMAGE_EXTENSIONS)
         n_cameras = sum(1 for k in keys if k.startswith("world_mat_") and k[len("world_mat_"):].isdigit())
         if n_cameras > len(indexed):
-            log.warning("%s holds %d cameras for %d images in '%s': each image takes the camera of its number "
-                        "(world_mat_i for image i)", source, n_cameras, len(indexed), image_dir)
+            log.warning("%s holds %d cameras for %d images in '%s'", source, n_cameras, len(indexed), image_dir)
 
         # the normalization: one scale_mat for all views (NeuS writes the same one for each)
         if "scale_mat_0" not in keys:
@@ -195,12 +202,11 @@ class DTUScene(CaptureScene):
         raise DatasetError(f"'{root}' has no {' or '.join(names)} (expected {LAYOUT}{hint})")
 
     @staticmethod
-    def _mask_path(mask_files: Dict[str, Path], image: Path, index: int) -> Optional[Path]:
-        """The mask of view ``index`` among ``mask_files`` (lower-case file name -> path)."""
+    def _mask_path(mask_files: ListedFiles, image: Path, index: int) -> Optional[Path]:
+        """The mask of view ``index`` (image ``image``) in the mask folder, any extension's case."""
         for stem in (image.stem, f"{index:03d}", f"{index:06d}", str(index)):
-            for ext in IMAGE_EXTENSIONS:
-                found = mask_files.get(f"{stem}{ext}".lower())
-                if found is not None:
-                    return found
+            found = mask_files.find(stem)
+            if found is not None:
+                return found
         return None
 

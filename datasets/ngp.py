@@ -8,8 +8,10 @@ root/
                      "aabb_scale": 4,                                   optional, recorded only
                      "frames": [{"file_path": "images/0001.jpg",        relative to the JSON file
                                  "transform_matrix": 4x4,                camera-to-world, OpenGL axes
-                                 "mask_path": "masks/0001.png", ...}]}   optional; any of the intrinsics
-                                                                        above may also be set per frame
+                                 "mask_path": "masks/0001.png", ...}]}   optional: black = pixels to leave out
+                                                                        (nerfstudio; dataset.mask_meaning);
+                                                                        any of the intrinsics above may
+                                                                        also be set per frame
   images/...
 ```
 Poses use the OpenGL/Blender camera axes (x right, y up, z backward) and are converted to OpenCV.
@@ -25,7 +27,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Literal, Tuple
 
 import numpy as np
 
@@ -57,6 +59,9 @@ class NgpScene(CaptureScene):
     @dataclasses.dataclass
     class Config(CaptureConfig):
         transforms_file: str = "transforms.json"
+        # what a frame's mask_path marks: 'ignore' (nerfstudio's meaning: black pixels are left out
+        # of training, e.g. a passer-by) or 'foreground' (black is background, as DTU's masks)
+        mask_meaning: Literal["ignore", "foreground"] = "ignore"
         normalization: NormalizationConfig = dataclasses.field(default_factory=NormalizationConfig)
 
     layout = LAYOUT
@@ -87,10 +92,10 @@ class NgpScene(CaptureScene):
         missing = []
         files = ListedFiles(base, IMAGE_EXTENSIONS)
         if cfg.use_masks and any(isinstance(f, dict) and f.get("mask_path") for f in meta["frames"]):
-            log.warning(
-                "%s: the frames' 'mask_path' masks are read as foreground masks (black: background, composited "
-                "onto the background colour). nerfstudio's masks of pixels to ignore (black: a passer-by, a "
-                "tripod) are not supported: for those set dataset.use_masks=false", source)
+            what = ("pixels to leave out of training where black (nerfstudio's meaning; for foreground masks set "
+                    "dataset.mask_meaning=foreground)" if cfg.mask_meaning == "ignore" else
+                    "the foreground (dataset.mask_meaning=foreground: black is background)")
+            log.info("%s: the frames' mask_path masks mark %s", source, what)
         for index, frame in enumerate(meta["frames"]):
             if not isinstance(frame, dict):
                 raise DatasetError(f"{source}: frame {index} is not a mapping")
@@ -119,7 +124,8 @@ class NgpScene(CaptureScene):
                 if mask_path is None:
                     raise DatasetError(f"{source}: frame {index} 'mask_path' '{frame['mask_path']}' does not exist "
                                        f"(relative to '{base}'; or set dataset.use_masks=false)")
-            self.views.append(CaptureView(image_path.name, image_path, c2w, lens, mask_path))
+            self.views.append(CaptureView(image_path.name, image_path, c2w, lens, mask_path,
+                                          mask_ignores=cfg.mask_meaning == "ignore"))
         if missing:
             if not self.views:
                 raise DatasetError(

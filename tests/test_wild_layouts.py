@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from datasets.base import DatasetError, read_image
 from datasets.captures import read_mask
@@ -57,6 +58,17 @@ def test_dtu_unpadded_numbers_are_view_indices_not_name_order(tmp_path):
     scene = load(DTUScene, tmp_path)
     assert [v.name for v in scene.views] == [f"{i}.png" for i in range(12)]
     np.testing.assert_allclose(centres(scene), cap.c2w_world[:, :, 3], atol=1e-4)
+
+
+def test_dtu_image_numbers_that_are_not_camera_indices_fall_back_to_name_order(tmp_path, caplog):
+    cap = fx.write_dtu(tmp_path, n=4, size=SIZE, masks=False)
+    for i in reversed(range(4)):  # numbered from 1 while the cameras are world_mat_0 .. world_mat_3
+        (tmp_path / "image" / f"{i:06d}.png").rename(tmp_path / "image" / f"{i + 1:06d}.png")
+    with caplog.at_level(logging.WARNING):
+        scene = load(DTUScene, tmp_path)
+    assert [v.name for v in scene.views] == [f"{i + 1:06d}.png" for i in range(4)]
+    np.testing.assert_allclose(centres(scene), cap.c2w_world[:, :, 3], atol=1e-4)
+    assert "not the camera file's view numbers (no world_mat_4" in caplog.text
 
 
 def test_dtu_plural_folders_large_cameras_upper_case_masks_and_a_stray_image(tmp_path, caplog):
@@ -137,7 +149,7 @@ def test_ngp_file_paths_written_on_other_machines_are_found(tmp_path):
     def spell(meta):
         frames = meta["frames"]
         frames[0]["file_path"] = "images\\r_0.png"  # written on Windows
-        frames[1]["file_path"] = "/home/alice/scene/images/r_1.png"  # absolute, another machine
+        frames[1]["file_path"] = "/home/alice/scene/keyframes/images/r_1.png"  # absolute, another machine
         frames[2]["file_path"] = "C:\\Users\\bob\\scene\\images\\r_2.png"
         frames[3]["file_path"] = "./images/r_3.png"  # the file on disk is r_3.PNG
 
@@ -213,6 +225,16 @@ def test_colmap_model_of_the_distorted_photos_is_named_with_the_keys_to_set(tmp_
         load(ColmapScene, tmp_path)
 
 
+def test_colmap_image_count_follows_colmaps_reader_at_the_end_of_images_txt(tmp_path):
+    from datasets.colmap import registered_count
+
+    fx.write_colmap(tmp_path, n=4, size=SIZE, model="PINHOLE", binary=False)
+    model = tmp_path / "sparse" / "0"
+    lines = (model / "images.txt").read_text().splitlines()
+    (model / "images.txt").write_text("\n".join(lines).rstrip("\n"))  # the last POINTS2D line trimmed away
+    assert registered_count(model) == len(load(ColmapScene, tmp_path).views) == 3
+
+
 def test_colmap_photos_missing_on_disk_are_skipped_with_a_warning(tmp_path, caplog):
     fx.write_colmap(tmp_path, n=5, size=SIZE, model="PINHOLE")
     (tmp_path / "images" / "r_2.png").unlink()
@@ -251,3 +273,52 @@ def test_colmap_downscaled_copies_of_the_photos_get_rescaled_cameras(tmp_path):
     cv2.imwrite(str(tmp_path / "images_2" / cap.names[0]), img[:, : SIZE // 4])  # cropped: another shape
     with pytest.raises(DatasetError, match=r"another aspect ratio"):
         load(ColmapScene, tmp_path, images_dir="images_2")
+
+
+# ------------------------------------------------------------------------------------------ nerfstudio masks
+def _ngp_with_ignore_masks(root: Path, n: int = 3) -> np.ndarray:
+    """An ngp capture whose frames name masks (nerfstudio's mask_path) that are white but for a
+    black box over rows 4-9, columns 6-13 (say, a passer-by); returns that box [SIZE, SIZE] bool."""
+    fx.write_ngp(root, n=n, size=SIZE, missing=0, distortion=False)
+    box = np.zeros((SIZE, SIZE), bool)
+    box[4:10, 6:14] = True
+    (root / "masks").mkdir()
+    for i in range(n):
+        write_png(root / "masks" / f"r_{i}.png", np.where(box, 0, 255).astype(np.uint8))
+
+    def name_masks(meta):
+        for i, frame in enumerate(meta["frames"]):
+            frame["mask_path"] = f"masks/r_{i}.png"
+
+    _edit_json(root, name_masks)
+    return box
+
+
+@pytest.mark.parametrize("image_sampling", [False, True])
+def test_nerfstudio_masks_leave_their_black_pixels_out_of_training(tmp_path, image_sampling):
+    from datasets.datamodule import RandomRays
+
+    box = _ngp_with_ignore_masks(tmp_path)
+    train = load(NgpScene, tmp_path).load_split("train")
+    assert not train.has_mask and bool((train.pixels_alpha == 1.0).all())  # the photos stay whole
+    assert train.pixels_keep is not None
+    np.testing.assert_array_equal(train.pixels_keep[: SIZE * SIZE].view(SIZE, SIZE).numpy(), ~box)
+    rays = RandomRays(train, n_rays=4096, image_sampling=image_sampling, background="white", seed=0)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        img, x, y, row = rays.draw_pixels(generator)
+        assert not bool(box[y.numpy(), x.numpy()].any())  # never inside the box
+        assert bool(train.pixels_keep[row].all())
+        np.testing.assert_array_equal(row.numpy(), (train.offsets[img] + y * SIZE + x).numpy())
+    assert len(set(img.tolist())) == (1 if image_sampling else len(train))
+    # kept through the split's other forms
+    assert bool((train.take(torch.tensor([1])).pixels_keep.view(SIZE, SIZE) == torch.from_numpy(~box)).all())
+    half = train.downscaled(2.0).pixels_keep[: (SIZE // 2) ** 2].view(SIZE // 2, SIZE // 2).numpy()
+    assert not half[2:5, 3:7].any() and half[8:, :].all()
+
+
+def test_nerfstudio_masks_can_be_read_as_foreground_masks(tmp_path):
+    box = _ngp_with_ignore_masks(tmp_path)
+    train = load(NgpScene, tmp_path, mask_meaning="foreground").load_split("train")
+    assert train.has_mask and train.pixels_keep is None
+    np.testing.assert_array_equal(train.mask(0).numpy() > 0.5, ~box)
