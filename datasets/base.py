@@ -244,7 +244,7 @@ class ListedFiles:
     in the wild: relative to ``base`` (the camera file's folder; ``..`` and symlinked folders
     allowed), with Windows backslashes, without an extension (each of ``extensions`` is tried),
     with an extension in another case (``.png`` listed, ``.PNG`` on disk), or as an absolute path
-    from the machine that wrote the file (then ``base/<its folder>/<name>`` and ``base/<name>``)."""
+    from the machine that wrote the file (then its tails under ``base``, the longest first)."""
 
     def __init__(self, base: Path, extensions: Sequence[str]) -> None:
         self.base = base

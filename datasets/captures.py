@@ -209,12 +209,13 @@ class CaptureScene(Scene):
                 alpha, has_mask = mask, True
         w, h = self.loaded_size(index)
         rgb = resize_image(cam.undistort(rgb), w, h)
-        if alpha is None:
-            alpha = np.ones((h, w), dtype=np.float32)
-        else:
-            alpha = resize_image(cam.undistort(alpha, is_mask=True), w, h)[..., 0]
+
+        def as_loaded(mask: np.ndarray) -> np.ndarray:  # [H, W, 1] stored -> [h, w] loaded
+            return resize_image(cam.undistort(mask, is_mask=True), w, h)[..., 0]
+
+        alpha = np.ones((h, w), dtype=np.float32) if alpha is None else as_loaded(alpha)
         if keep is not None:  # a pixel that is partly ignored is left out
-            keep = resize_image(cam.undistort(keep, is_mask=True), w, h)[..., 0] > 0.99
+            keep = as_loaded(keep) > 0.99
         out = (np.clip(rgb, 0, 1).astype(np.float32), np.clip(alpha, 0, 1).astype(np.float32), has_mask, keep)
         self._images[index] = out
         return out
