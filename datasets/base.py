@@ -115,17 +115,17 @@ class SceneSplit:
         """The colours of image ``index`` [H_i, W_i, 3] (a view into the packed pixels)."""
         if self.pixels_rgb is None:
             raise DatasetError("this split has no images (no ground truth)")
-        h, w = self.size(index)
-        start = int(self.offsets[index])
-        return self.pixels_rgb[start:start + h * w].view(h, w, 3)
+        return self.pixels_rgb[self._rows(index)].view(*self.size(index), 3)
 
     def mask(self, index: int) -> Tensor:
         """The alpha of image ``index`` [H_i, W_i] (a view into the packed pixels)."""
         if self.pixels_alpha is None:
             raise DatasetError("this split has no images (no ground truth)")
-        h, w = self.size(index)
-        start = int(self.offsets[index])
-        return self.pixels_alpha[start:start + h * w].view(h, w)
+        return self.pixels_alpha[self._rows(index)].view(*self.size(index))
+
+    def _rows(self, index: int) -> slice:
+        """The rows of image ``index`` in the packed pixel arrays."""
+        return slice(int(self.offsets[index]), int(self.offsets[index + 1]))
 
     def masks(self) -> List[Tensor]:
         """Every image's alpha [H_i, W_i], in order."""
@@ -160,8 +160,7 @@ class SceneSplit:
             images.append(np.clip(premultiplied / np.maximum(alpha, 1e-8), 0.0, 1.0) * (alpha > 0))
             alphas.append(np.clip(alpha[..., 0], 0.0, 1.0))
             if self.pixels_keep is not None:  # a pixel that is partly left out stays out
-                start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
-                kept = self.pixels_keep[start:stop].view(*self.size(i)).numpy().astype(np.float32)[..., None]
+                kept = self.pixels_keep[self._rows(i)].view(*self.size(i)).numpy().astype(np.float32)[..., None]
                 keeps.append(resize_image(kept, w, h)[..., 0] > 0.99)
         return SceneSplit.from_images(images=images, alphas=alphas, keeps=keeps or None,
                                       **{k: v for k, v in fields.items() if k != "sizes"})
@@ -370,6 +369,21 @@ def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return out if out.ndim == 3 else out[..., None]
 
 
+#: how much resizing may change an image's aspect ratio (the rounding of a resized size) before the
+#: image counts as cropped or turned
+ASPECT_TOLERANCE = 0.02
+
+#: tried (in any case) when a camera file lists an image without its extension, as Blender and
+#: instant-ngp files do
+LISTED_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".exr")
+
+
+def changes_aspect(scale_x: float, scale_y: float) -> bool:
+    """Whether scaling an image by scale_x, scale_y changes its aspect ratio by more than
+    ASPECT_TOLERANCE."""
+    return abs(scale_x - scale_y) > ASPECT_TOLERANCE * max(scale_x, scale_y)
+
+
 def target_size(width: int, height: int, img_wh: Optional[Sequence[int]], img_downscale: Optional[float], source: str):
     """The (w, h) to load an image stored at (width, height) at, from either ``img_wh`` (that size
     exactly, refused when it changes the image's aspect ratio by more than 2%) or ``img_downscale``
@@ -380,7 +394,7 @@ def target_size(width: int, height: int, img_wh: Optional[Sequence[int]], img_do
         w, h = int(img_wh[0]), int(img_wh[1])
         if w <= 0 or h <= 0:
             raise DatasetError(f"dataset.img_wh must be positive, got {list(img_wh)}")
-        if abs(w / width - h / height) > 0.02 * max(w / width, h / height):
+        if changes_aspect(w / width, h / height):
             raise DatasetError(
                 f"dataset.img_wh {[w, h]} changes the aspect ratio of {source} ({width}x{height}) by more than 2%; "
                 "for images of different shapes use dataset.img_downscale instead"

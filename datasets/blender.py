@@ -23,6 +23,7 @@ import torch
 
 from datasets import register
 from datasets.base import (
+    LISTED_IMAGE_EXTENSIONS,
     DatasetError,
     ListedFiles,
     Scene,
@@ -92,7 +93,7 @@ class BlenderScene(Scene):
     def __init__(self, cfg: "BlenderScene.Config", scene_radius: float = 1.0) -> None:
         super().__init__(cfg, scene_radius)
         self.root = require_folder(cfg.root_dir, LAYOUT)
-        self._files = ListedFiles(self.root, (".png", ".jpg", ".jpeg", ".exr"))
+        self._files = ListedFiles(self.root, LISTED_IMAGE_EXTENSIONS)
         self._warned_small = False
 
     # -------------------------------------------------------------- reading

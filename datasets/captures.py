@@ -27,6 +27,7 @@ from datasets.base import (
     Scene,
     SceneSplit,
     Split,
+    changes_aspect,
     check_poses,
     mask_content,
     read_image,
@@ -229,7 +230,7 @@ class CaptureScene(Scene):
         if (mw, mh) == (width, height):
             return alpha
         turned = (mw > mh) != (width > height) and mw != mh and width != height
-        if turned or abs(mw / mh - width / height) > 0.02 * (width / height):
+        if turned or changes_aspect(width / mw, height / mh):
             what = "turned by 90 degrees (transposed or rotated?)" if turned else "of another aspect ratio"
             raise DatasetError(
                 f"mask '{view.mask_path}' is {mw}x{mh} but its image '{view.image_path}' is {width}x{height}: "

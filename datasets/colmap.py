@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from datasets import register
-from datasets.base import DatasetError, ListedFiles, image_size
+from datasets.base import DatasetError, ListedFiles, changes_aspect, image_size
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView
 from datasets.normalization import NormalizationConfig
 from datasets.undistort import from_colmap
@@ -222,7 +222,7 @@ class ColmapScene(CaptureScene):
         if (width, height) == (int(camera.width), int(camera.height)):
             return camera
         sx, sy = width / float(camera.width), height / float(camera.height)
-        if abs(sx - sy) > 0.02 * max(sx, sy):
+        if changes_aspect(sx, sy):
             raise DatasetError(
                 f"image '{photo}' is {width}x{height} but its camera {camera.camera_id} in {source} is "
                 f"{camera.width}x{camera.height}, another aspect ratio (cropped or rotated since?)"

@@ -32,7 +32,7 @@ from typing import Any, Dict, Literal, Tuple
 import numpy as np
 
 from datasets import register
-from datasets.base import DatasetError, ListedFiles, image_size
+from datasets.base import LISTED_IMAGE_EXTENSIONS, DatasetError, ListedFiles, changes_aspect, image_size
 from datasets.captures import CaptureConfig, CaptureScene, CaptureView
 from datasets.normalization import NormalizationConfig
 from datasets.undistort import LensCamera, from_opencv_params
@@ -40,7 +40,6 @@ from datasets.undistort import LensCamera, from_opencv_params
 log = logging.getLogger(__name__)
 
 LAYOUT = "the instant-ngp/nerfstudio layout: transforms.json beside the images it names"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".exr")  # tried when a file_path has none (in any case)
 PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL")
 
 
@@ -90,7 +89,7 @@ class NgpScene(CaptureScene):
 
         lenses: Dict[Tuple, LensCamera] = {}
         missing = []
-        files = ListedFiles(base, IMAGE_EXTENSIONS)
+        files = ListedFiles(base, LISTED_IMAGE_EXTENSIONS)
         if cfg.use_masks and any(isinstance(f, dict) and f.get("mask_path") for f in meta["frames"]):
             what = ("pixels to leave out of training where black (nerfstudio's meaning; for foreground masks set "
                     "dataset.mask_meaning=foreground)" if cfg.mask_meaning == "ignore" else
@@ -151,7 +150,7 @@ class NgpScene(CaptureScene):
         stored_h = _number(pick("h", height), "h", source)
         # intrinsics are given for the stored size (w, h); the image may have been resized since
         sx, sy = width / stored_w, height / stored_h
-        if abs(sx - sy) > 0.02 * max(sx, sy):
+        if changes_aspect(sx, sy):
             raise DatasetError(
                 f"{source}: frame {index} says w={stored_w:g}, h={stored_h:g} but its image '{image_path}' is "
                 f"{width}x{height}, another aspect ratio (rotated or cropped since?): fix 'w'/'h' or the image"
